@@ -1,0 +1,137 @@
+"""The model bundle: a directory with ``config.json``, ``tokenizer.json``, ``model.safetensors``.
+
+No pickle: weights are safetensors, everything else is JSON, so loading a bundle
+cannot run code. Writing is atomic, and loading says exactly what does not match.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import SentimentError
+from .models import ModelConfig, SentimentRNN
+from .predict import Classifier
+from .text import TextEncoder
+
+FORMAT_VERSION = 1
+CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.json", "model.safetensors"
+BUNDLE_FILES = (WEIGHTS, TOKENIZER, CONFIG)  # config last: it names the weights' hash
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_bundle(path: str | Path, model: SentimentRNN, encoder: TextEncoder, config: dict,
+                weights_dtype: str = "float32") -> Path:
+    """Write a bundle to ``path`` atomically; ``config`` is merged with what loading needs.
+
+    A new directory appears whole by one rename. An existing one (a run folder that also
+    holds checkpoints) gets each file replaced by rename, ``config.json`` last; it records
+    the weights' sha256, so a bundle caught between two renames is refused when loaded.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = {"float32": torch.float32, "float16": torch.float16}[weights_dtype]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
+        encoder.save(tmp / TOKENIZER)
+        full = {
+            "format_version": FORMAT_VERSION,
+            **config,
+            "model": model.config.to_dict(),
+            "text": {"max_len": encoder.max_len, "truncate": encoder.truncate,
+                     "vocab_size": encoder.vocab_size},
+            "labels": list(Classifier.classes_),
+            "weights": {"dtype": weights_dtype, "sha256": _sha256(tmp / WEIGHTS)},
+        }
+        (tmp / CONFIG).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+        # mkdtemp makes a private folder; a bundle is as readable as any file the user writes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for name in BUNDLE_FILES:
+            os.chmod(tmp / name, 0o666 & ~umask)
+        if not path.exists():
+            os.rename(tmp, path)
+            return path
+        for name in BUNDLE_FILES:
+            os.replace(tmp / name, path / name)
+        return path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_config(path: str | Path) -> dict:
+    """The bundle's ``config.json``, checked for its format version."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SentimentError(f"{path}: no such model directory")
+    file = path / CONFIG
+    if not file.is_file():
+        raise SentimentError(f"{file}: missing (not a model bundle; expected {', '.join(BUNDLE_FILES)})")
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SentimentError(f"{file}: not valid JSON ({exc})") from None
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if version != FORMAT_VERSION:
+        raise SentimentError(f"{file}: format_version {version!r} is not supported "
+                             f"(this version of sentiment reads format_version {FORMAT_VERSION})")
+    for key in ("model", "text", "weights"):
+        if not isinstance(config.get(key), dict):
+            raise SentimentError(f"{file}: missing the {key!r} section")
+    return config
+
+
+def load_bundle(path: str | Path, device: str = "cpu") -> Classifier:
+    """Load a bundle directory as a ready-to-use :class:`Classifier`."""
+    path = Path(path)
+    config = read_config(path)
+    try:
+        model_config = ModelConfig(**config["model"])
+    except TypeError as exc:
+        raise SentimentError(f"{path / CONFIG}: bad 'model' section ({exc})") from None
+    text = config["text"]
+    encoder = TextEncoder.load(path / TOKENIZER, text.get("max_len", 200), text.get("truncate", "tail"))
+    if encoder.vocab_size != model_config.vocab_size:
+        raise SentimentError(f"{path / TOKENIZER}: vocabulary of {encoder.vocab_size} tokens, but "
+                             f"{CONFIG} says the model has {model_config.vocab_size}")
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise SentimentError(f"{weights}: missing")
+    expected_hash = config["weights"].get("sha256")
+    if expected_hash and _sha256(weights) != expected_hash:
+        raise SentimentError(f"{weights}: content does not match the sha256 recorded in {CONFIG} "
+                             "(truncated, or replaced by another model's weights)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SentimentError(f"{weights}: not a valid safetensors file ({exc})") from None
+    model = SentimentRNN(model_config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SentimentError(f"{weights}: tensors do not match a {model_config.kind} model "
+                             f"(missing: {', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'})")
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise SentimentError(f"{weights}: tensor {name} has shape {tuple(state[name].shape)}, "
+                                 f"{CONFIG} implies {tuple(tensor.shape)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return Classifier(model, encoder, config, str(path), device)

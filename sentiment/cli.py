@@ -1,0 +1,68 @@
+"""The ``sentiment`` command: ``train``, and the entry points behind train.py."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from .errors import SentimentError
+from .options import add_options, from_args
+
+
+def _train_parser(parser: argparse.ArgumentParser) -> None:
+    from .training import TrainConfig
+
+    add_options(parser, TrainConfig)
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue the run in RUN_DIR from its last checkpoint (its saved options are used)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    config = from_args(TrainConfig, args)
+    train(config, resume=args.resume)
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "train": ("train a classifier and write a model bundle", _train_parser, _train),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentiment", description="Sentiment of movie reviews with recurrent networks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add, _) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def run(handler: Callable[[], int]) -> int:
+    """Run a command: bad input is one line on stderr and exit status 2, Ctrl-C is 130."""
+    try:
+        return handler()
+    except SentimentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run(lambda: COMMANDS[args.command][2](args))
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``python train.py ...``: the same as ``sentiment train ...``."""
+    parser = argparse.ArgumentParser(prog="train.py", description=COMMANDS["train"][0])
+    _train_parser(parser)
+    args = parser.parse_args(argv)
+    return run(lambda: _train(args))

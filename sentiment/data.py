@@ -1,0 +1,399 @@
+"""Where reviews come from: one function turns any source into a ``DatasetDict``.
+
+A source is a Hugging Face dataset id, the Stanford ``aclImdb`` archive or its
+extracted folder, or a csv/tsv/jsonl/parquet file with a text and a label column.
+Local sources are read once and cached by ``datasets`` under a fingerprint of their
+content, so the second run on the same archive reads no review files.
+
+The row readers here (``iter_rows``) are shared with the batch scorer: every row
+keeps its location (file and line) so errors can say exactly where they are.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import SentimentError
+
+DEFAULT_DATASET = "stanfordnlp/imdb"
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+LABEL_NAMES = ("negative", "positive")
+_LABEL_WORDS = {"0": 0, "neg": 0, "negative": 0, "1": 1, "pos": 1, "positive": 1}
+_STANFORD_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$")
+# Bump when the rows a source turns into change, so old caches are not reused.
+_CACHE_VERSION = "1"
+
+
+# --- decoding ------------------------------------------------------------------
+
+def decode(raw: bytes) -> tuple[str, int]:
+    """UTF-8 text with undecodable bytes replaced by U+FFFD, and how many were replaced."""
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        # U+FFFD already in the input is not counted as a replacement.
+        return text, text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+
+
+def parse_label(value: Any) -> int | None:
+    """0/1 from 0/1, neg/pos or negative/positive (any case); None if it is none of them."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value in (0, 1) else None
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    if isinstance(value, str):
+        return _LABEL_WORDS.get(value.strip().lower())
+    return None
+
+
+# --- row readers (shared with the batch scorer) ----------------------------------
+
+@dataclass
+class Row:
+    """One input record: where it came from, its fields, and bytes replaced while decoding."""
+
+    where: str                 # "reviews.csv:12" or "aclImdb/train/pos/3_9.txt"
+    fields: dict[str, Any]
+    undecodable: int = 0
+
+
+def _decoded_lines(binary: io.BufferedReader) -> Iterator[tuple[str, int]]:
+    for raw in binary:
+        yield decode(raw)
+
+
+def _iter_csv(path: Path, delimiter: str) -> Iterator[Row]:
+    with open(path, "rb") as fh:
+        bad = [0]
+
+        def lines() -> Iterator[str]:
+            for text, n in _decoded_lines(fh):
+                bad[0] += n
+                yield text
+
+        reader = csv.reader(lines(), delimiter=delimiter, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise SentimentError(f"{path}: empty file, expected a header line") from None
+        except csv.Error as exc:
+            raise SentimentError(f"{path}:1: malformed header ({exc})") from None
+        start = reader.line_num + 1
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise SentimentError(f"{path}:{start}: malformed csv row ({exc})") from None
+            if len(record) != len(header):
+                raise SentimentError(
+                    f"{path}:{start}: malformed csv row: {len(record)} fields, the header has {len(header)}")
+            yield Row(f"{path}:{start}", dict(zip(header, record)), bad[0])
+            bad[0] = 0
+            start = reader.line_num + 1
+
+
+def _iter_jsonl(path: Path) -> Iterator[Row]:
+    with open(path, "rb") as fh:
+        for line_no, (text, bad) in enumerate(_decoded_lines(fh), 1):
+            if not text.strip():
+                continue  # a blank line in jsonl is no record
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise SentimentError(f"{path}:{line_no}: malformed json line ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise SentimentError(f"{path}:{line_no}: expected a json object, got {type(record).__name__}")
+            yield Row(f"{path}:{line_no}", record, bad)
+
+
+def _iter_parquet(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as exc:
+        raise SentimentError(f"{path}: not a readable parquet file ({exc})") from None
+    row_no = 0
+    for batch in table.iter_batches(batch_size=8192):
+        for record in batch.to_pylist():
+            row_no += 1
+            yield Row(f"{path}:row {row_no}", record)
+
+
+def iter_rows(path: str | Path) -> Iterator[Row]:
+    """Rows of a csv, tsv, jsonl or parquet file, streamed, each with its location."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _iter_csv(path, ",")
+    if suffix == ".tsv":
+        return _iter_csv(path, "\t")
+    if suffix == ".jsonl":
+        return _iter_jsonl(path)
+    if suffix == ".parquet":
+        return _iter_parquet(path)
+    raise SentimentError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(TABLE_SUFFIXES)}")
+
+
+def require_column(row: Row, column: str, path: Path, role: str) -> Any:
+    if column not in row.fields:
+        have = ", ".join(map(str, row.fields)) or "none"
+        raise SentimentError(f"{path}: no {role} column {column!r} (columns: {have}); "
+                             f"choose one with --{role}-column")
+    return row.fields[column]
+
+
+def _labelled_records(path: Path, text_column: str, label_column: str) -> Iterator[dict]:
+    unknown: dict[str, str] = {}
+    for row in iter_rows(path):
+        text = require_column(row, text_column, path, "text")
+        label = parse_label(require_column(row, label_column, path, "label"))
+        if label is None:
+            unknown.setdefault(repr(row.fields[label_column]), row.where)
+            continue
+        yield {"text": "" if text is None else str(text), "label": label, "undecodable": row.undecodable}
+    if unknown:
+        shown = "; ".join(f"{v} at {w}" for v, w in list(unknown.items())[:5])
+        more = f" (and {len(unknown) - 5} more values)" if len(unknown) > 5 else ""
+        raise SentimentError(f"{path}: unknown label values in column {label_column!r}: {shown}{more}; "
+                             "expected 0/1, neg/pos or negative/positive")
+
+
+# --- the Stanford layout ------------------------------------------------------
+
+def _stanford_records(members: Iterable[tuple[str, bytes]]) -> list[dict]:
+    records = []
+    for name, raw in members:
+        match = _STANFORD_MEMBER.search(name)
+        if not match:
+            continue
+        split, polarity, review_id, rating = match.groups()
+        text, bad = decode(raw)
+        label = {"neg": 0, "pos": 1, "unsup": -1}[polarity]
+        records.append({"split": split if polarity != "unsup" else "unsup", "text": text, "label": label,
+                        "undecodable": bad, "_key": (int(review_id), polarity)})
+    # Archive order is not folder order; sort so both give the same rows.
+    order = {"train": 0, "test": 1, "unsup": 2}
+    records.sort(key=lambda r: (order[r["split"]], r["label"], r["_key"]))
+    for r in records:
+        del r["_key"]
+    return records
+
+
+def _archive_members(path: Path) -> Iterator[tuple[str, bytes]]:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if member.isfile() and _STANFORD_MEMBER.search(member.name):
+                    yield member.name, tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise SentimentError(f"{path}: not a readable tar archive ({exc})") from None
+
+
+def _folder_members(root: Path) -> Iterator[tuple[str, bytes]]:
+    for split in ("train", "test"):
+        for polarity in ("pos", "neg", "unsup"):
+            folder = root / split / polarity
+            if folder.is_dir():
+                for file in folder.iterdir():
+                    yield f"{split}/{polarity}/{file.name}", file.read_bytes()
+
+
+def _stanford_root(folder: Path) -> Path | None:
+    for candidate in (folder, folder / "aclImdb"):
+        if (candidate / "train").is_dir() or (candidate / "test").is_dir():
+            return candidate
+    return None
+
+
+# --- fingerprints and caching -------------------------------------------------
+
+def fingerprint(src: str | Path) -> str:
+    """A short hash that changes whenever the source's content changes."""
+    path = Path(src)
+    h = hashlib.sha256(_CACHE_VERSION.encode())
+    if path.is_file():
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    elif path.is_dir():
+        # Hashing 100,000 review files would cost as much as reading them; names,
+        # sizes and modification times change whenever a file does.
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            st = file.stat()
+            h.update(f"{file.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    else:
+        h.update(f"hub:{src}".encode())
+    return h.hexdigest()[:16]
+
+
+def _generate(records_fn, **kwargs) -> Iterator[dict]:
+    yield from records_fn(**kwargs)
+
+
+def _cached(records_fn, kwargs: dict, key: str, cache_dir: str | None):
+    import datasets
+
+    features = datasets.Features({"split": datasets.Value("string"), "text": datasets.Value("string"),
+                                  "label": datasets.Value("int64"), "undecodable": datasets.Value("int64")})
+    try:
+        return datasets.Dataset.from_generator(_generate, features=features, cache_dir=cache_dir,
+                                               gen_kwargs={"records_fn": records_fn, **kwargs}, fingerprint=key)
+    except datasets.exceptions.DatasetGenerationError as exc:
+        # datasets wraps what the generator raised; the user needs our message, not its wrapper.
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, SentimentError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+    except ValueError as exc:
+        if "corresponds to no data" not in str(exc):
+            raise
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+
+
+def _split_by_column(table) -> "datasets.DatasetDict":
+    import datasets
+    import numpy as np
+
+    splits = np.asarray(table["split"])
+    result = datasets.DatasetDict()
+    for name in ("train", "test", "unsup"):
+        idx = np.flatnonzero(splits == name)
+        if len(idx):
+            result[name] = table.select(idx).remove_columns("split")
+    return result
+
+
+def _archive_records(path: str) -> list[dict]:
+    return _stanford_records(_archive_members(Path(path)))
+
+
+def _folder_records(path: str) -> list[dict]:
+    return _stanford_records(_folder_members(Path(path)))
+
+
+def _table_records(path: str, split: str, text_column: str, label_column: str) -> Iterator[dict]:
+    for record in _labelled_records(Path(path), text_column, label_column):
+        yield {"split": split, **record}
+
+
+def _quiet_datasets():
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def _from_hub(name: str, text_column: str, label_column: str, cache_dir: str | None):
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, cache_dir=cache_dir)
+    except Exception as exc:  # offline, unknown id, or hub errors: all mean "use a local copy"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SentimentError(
+            f"could not load the Hugging Face dataset {name!r} ({type(exc).__name__}: {first[:200]}). "
+            "Working offline? Pass a local copy instead: --data path/to/aclImdb_v1.tar.gz "
+            "(or its extracted folder, or a csv/tsv/jsonl/parquet file)") from None
+    result = datasets.DatasetDict()
+    for split, ds in loaded.items():
+        name_out = "unsup" if split.startswith("unsup") else split
+        for column, role in ((text_column, "text"), (label_column, "label")):
+            if column not in ds.column_names:
+                raise SentimentError(f"{name} split {split!r}: no {role} column {column!r} "
+                                     f"(columns: {', '.join(ds.column_names)})")
+        ds = ds.select_columns([text_column, label_column])
+        if text_column != "text":
+            ds = ds.rename_column(text_column, "text")
+        if label_column != "label":
+            ds = ds.rename_column(label_column, "label")
+        result[name_out] = ds
+    return result
+
+
+def load_source(src: str | Path = DEFAULT_DATASET, *, text_column: str = "text", label_column: str = "label",
+                test_src: str | Path | None = None, cache_dir: str | None = None) -> "datasets.DatasetDict":
+    """Load reviews as ``train``, ``test`` and (where the source has it) ``unsup`` splits.
+
+    Rows have ``text`` and ``label`` (0 negative, 1 positive, -1 unlabelled); local
+    sources also have ``undecodable``, the bytes replaced while decoding that row.
+    A csv/tsv/jsonl/parquet file is the ``train`` split; ``test_src`` adds ``test``.
+    """
+    import datasets
+
+    _quiet_datasets()
+    path = Path(src)
+    if path.exists():
+        key = f"{fingerprint(path)}-{text_column}-{label_column}".replace("/", "_")
+        if path.is_dir():
+            root = _stanford_root(path)
+            if root is None:
+                raise SentimentError(f"{path}: a folder source must hold the Stanford layout "
+                                     "(aclImdb/train/pos/*.txt ...), found no train/ or test/ folder")
+            loaded = _split_by_column(_cached(_folder_records, {"path": str(root)}, "imdbdir-" + key, cache_dir))
+        elif path.suffix.lower() in TABLE_SUFFIXES:
+            loaded = _split_by_column(_cached(_table_records, {"path": str(path), "split": "train",
+                                                               "text_column": text_column,
+                                                               "label_column": label_column},
+                                              "table-" + key, cache_dir))
+        elif tarfile.is_tarfile(path):
+            loaded = _split_by_column(_cached(_archive_records, {"path": str(path)}, "imdbtar-" + key, cache_dir))
+        else:
+            raise SentimentError(f"{path}: unsupported data source; expected the Stanford archive (.tar.gz), "
+                                 f"its folder, or a {'/'.join(s[1:] for s in TABLE_SUFFIXES)} file")
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", str(src)) and not str(src).startswith((".", "/")):
+        loaded = _from_hub(str(src), text_column, label_column, cache_dir)
+    else:
+        raise SentimentError(f"{src}: no such file or directory (and not a Hugging Face dataset id)")
+    if test_src is not None:
+        extra = load_source(test_src, text_column=text_column, label_column=label_column, cache_dir=cache_dir)
+        if "train" not in extra:
+            raise SentimentError(f"{test_src}: has no rows to use as the test split")
+        loaded["test"] = extra["train"]
+    for split, ds in loaded.items():
+        if len(ds) == 0:
+            raise SentimentError(f"{src}: the {split} split is empty")
+    if "train" not in loaded or len(loaded["train"]) == 0:
+        raise SentimentError(f"{src}: the train split is empty (no labelled training reviews found)")
+    return loaded
+
+
+def undecodable_report(splits: "datasets.DatasetDict") -> str | None:
+    """One line saying how many bytes were replaced while decoding, or None if none were."""
+    counts = {}
+    for name, ds in splits.items():
+        if "undecodable" in ds.column_names:
+            total = sum(ds["undecodable"])
+            if total:
+                rows = sum(1 for n in ds["undecodable"] if n)
+                counts[name] = (total, rows)
+    if not counts:
+        return None
+    parts = ", ".join(f"{name}: {t} bytes in {r} reviews" for name, (t, r) in counts.items())
+    return f"note: undecodable bytes were replaced with U+FFFD ({parts})"
+
+
+def split_validation(train: "datasets.Dataset", fraction: float, seed: int):
+    """A seeded (train, validation) split of the training rows; test is never touched."""
+    if not 0 < fraction < 1:
+        raise SentimentError(f"validation fraction must be between 0 and 1 (got {fraction})")
+    if len(train) < 2:
+        raise SentimentError(f"need at least 2 training reviews to carve a validation split (got {len(train)})")
+    parts = train.train_test_split(test_size=fraction, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]

@@ -1,0 +1,52 @@
+"""One dataclass per surface, turned into argparse options and back.
+
+Field metadata carries the help text (and choices); the dataclass's own
+``__post_init__`` validates values and names the option in its message.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _base_type(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else hint
+
+
+def option_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--option`` per field of dataclass ``cls`` (defaults shown in --help)."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip or field.metadata.get("cli") is False:
+            continue
+        kind = _base_type(hints[field.name])
+        help_text = field.metadata.get("help", "")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        kwargs: dict[str, Any] = {"dest": field.name, "default": default}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            kwargs["metavar"] = field.metadata.get("metavar", field.name.split("_")[-1].upper())
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+            kwargs.pop("metavar", None)
+        if default is not None and kind is not bool:
+            help_text += f" (default: {default})"
+        parser.add_argument(option_name(field.name), help=help_text, **kwargs)
+
+
+def from_args(cls: type[T], namespace: argparse.Namespace, **overrides: Any) -> T:
+    """Build ``cls`` from parsed options (only the fields ``cls`` has)."""
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)}
+    values.update(overrides)
+    return cls(**values)

@@ -1,0 +1,120 @@
+"""The text pipeline: one WordLevel tokenizer, trained once and saved with the model.
+
+Training, evaluation, the web page and the batch scorer all load the same
+``tokenizer.json`` through :class:`TextEncoder`; nothing else preprocesses text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
+from tokenizers.trainers import WordLevelTrainer
+
+from .errors import SentimentError
+
+UNK, PAD = "<unk>", "<pad>"
+UNK_ID, PAD_ID = 0, 1
+TRUNCATE_SIDES = ("head", "tail", "head+tail")
+
+
+def _normalizer() -> normalizers.Normalizer:
+    # Punctuation becomes a space (so "great!" and "great" are one word); HTML line
+    # breaks in IMDB reviews are markup, not words.
+    return normalizers.Sequence([
+        normalizers.Lowercase(),
+        normalizers.Replace(Regex(r"<br\s*/?>"), " "),
+        normalizers.Replace(Regex(r"[^\w\s]|_"), " "),
+    ])
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 10_000, length: int | None = None) -> Tokenizer:
+    """Learn the ``vocab_size`` most frequent words of ``texts`` plus ``<unk>``=0, ``<pad>``=1."""
+    tokenizer = Tokenizer(WordLevel(unk_token=UNK))
+    tokenizer.normalizer = _normalizer()
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = WordLevelTrainer(vocab_size=vocab_size + 2, special_tokens=[UNK, PAD], show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer, length=length)
+    return tokenizer
+
+
+@dataclass
+class Encoded:
+    """A batch of reviews as the model sees them."""
+
+    ids: np.ndarray       # int64 [n, max_len], <pad> after the real tokens
+    lengths: np.ndarray   # int64 [n], real tokens kept (at least 1)
+    total: np.ndarray     # int64 [n], tokens before truncation
+
+
+class TextEncoder:
+    """Turns raw review text into fixed-length id arrays, the same way everywhere."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int = 200, truncate: str = "tail"):
+        if max_len < 2:
+            raise SentimentError(f"max_len must be at least 2 (got {max_len})")
+        if truncate not in TRUNCATE_SIDES:
+            raise SentimentError(f"truncate must be one of {', '.join(TRUNCATE_SIDES)} (got {truncate!r})")
+        for token, expected in ((UNK, UNK_ID), (PAD, PAD_ID)):
+            if tokenizer.token_to_id(token) != expected:
+                raise SentimentError(f"tokenizer must map {token} to id {expected}")
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.truncate = truncate
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding table: the words plus ``<unk>`` and ``<pad>``."""
+        return self.tokenizer.get_vocab_size()
+
+    @classmethod
+    def load(cls, path: str | Path, max_len: int, truncate: str) -> "TextEncoder":
+        path = Path(path)
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except FileNotFoundError:
+            raise SentimentError(f"{path}: missing") from None
+        except Exception as exc:  # the Rust side raises a plain Exception on bad JSON
+            raise SentimentError(f"{path}: not a valid tokenizer file ({exc})") from None
+        return cls(tokenizer, max_len, truncate)
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+    def kept_span(self, n_tokens: int) -> list[tuple[int, int]]:
+        """Which [start, end) ranges of an n-token review the model reads."""
+        m = self.max_len
+        if n_tokens <= m:
+            return [(0, n_tokens)]
+        if self.truncate == "head":
+            return [(0, m)]
+        if self.truncate == "tail":
+            return [(n_tokens - m, n_tokens)]
+        head = m // 2
+        return [(0, head), (n_tokens - (m - head), n_tokens)]
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
+        """The normalized words of each text, before the vocabulary lookup."""
+        return [[tok for tok, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(
+            self.tokenizer.normalizer.normalize_str(t))] for t in texts]
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        # Encoding without truncation keeps the whole review, so every side of the
+        # cut (head, tail or both) is taken from the same token list.
+        encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+        n = len(encodings)
+        ids = np.full((n, self.max_len), PAD_ID, dtype=np.int64)
+        lengths = np.ones(n, dtype=np.int64)
+        total = np.zeros(n, dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            tokens = enc.ids
+            total[row] = len(tokens)
+            kept = [i for a, b in self.kept_span(len(tokens)) for i in tokens[a:b]]
+            if kept:
+                ids[row, :len(kept)] = kept
+                lengths[row] = len(kept)
+            # An empty review keeps one <pad> so packed sequences never see length 0.
+        return Encoded(ids, lengths, total)

@@ -1,0 +1,456 @@
+"""Training: one readable program from data to a saved bundle, after karpathy/nanoGPT.
+
+Every epoch ends with an atomic ``checkpoint.pt`` holding all that ``--resume`` needs
+(weights, optimizer, schedule, RNG state, history, the best weights so far), so a run
+killed at any moment continues to the same result. The best model on validation is
+written as a bundle whenever it improves; Ctrl-C stops cleanly and keeps it.
+Under ``torchrun`` each process trains on its shard with DDP and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from . import data as data_module
+from .bundle import save_bundle
+from .errors import SentimentError
+from .metrics import classification_metrics, format_table
+from .models import MODEL_KINDS, ModelConfig, SentimentRNN
+from .predict import positive_probability
+from .text import TRUNCATE_SIDES, TextEncoder, train_tokenizer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _opt(help: str, **extra) -> dict:
+    return {"help": help, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``python train.py``; saved in the bundle's config.json."""
+
+    model: str = field(default="lstm", metadata=_opt("encoder kind", choices=MODEL_KINDS))
+    data: str = field(default=data_module.DEFAULT_DATASET, metadata=_opt(
+        "Hugging Face dataset id, the Stanford aclImdb .tar.gz or its folder, or a csv/tsv/jsonl/parquet file",
+        metavar="SRC"))
+    test_data: str | None = field(default=None, metadata=_opt(
+        "a labelled file to use as the test split (for --data files, which hold only training rows)",
+        metavar="SRC"))
+    text_column: str = field(default="text", metadata=_opt("text column of table sources", metavar="NAME"))
+    label_column: str = field(default="label", metadata=_opt(
+        "label column of table sources (0/1, neg/pos or negative/positive)", metavar="NAME"))
+    out: str | None = field(default=None, metadata=_opt(
+        "run folder for the bundle, checkpoint and curves (default: runs/<model>-<time>)", metavar="DIR"))
+    vocab_size: int = field(default=10_000, metadata=_opt("most frequent training words kept"))
+    max_len: int = field(default=200, metadata=_opt("tokens the model reads per review"))
+    truncate: str = field(default="tail", metadata=_opt(
+        "which tokens of a long review to keep; the end holds the verdict", choices=TRUNCATE_SIDES))
+    embedding_dim: int = field(default=128, metadata=_opt("embedding size", metavar="N"))
+    hidden_size: int = field(default=256, metadata=_opt("recurrent state size (per direction)", metavar="N"))
+    num_layers: int = field(default=1, metadata=_opt("stacked recurrent layers", metavar="N"))
+    dropout: float = field(default=0.4, metadata=_opt("dropout on embeddings, between layers and before the head",
+                                                      metavar="P"))
+    epochs: int = field(default=8, metadata=_opt("maximum epochs", metavar="N"))
+    batch_size: int = field(default=64, metadata=_opt("reviews per step (per process under torchrun)", metavar="N"))
+    lr: float = field(default=2e-3, metadata=_opt("peak learning rate of the one-cycle schedule", metavar="LR"))
+    weight_decay: float = field(default=0.01, metadata=_opt("AdamW weight decay", metavar="W"))
+    grad_clip: float = field(default=1.0, metadata=_opt("clip the gradient norm to this (0: off)", metavar="NORM"))
+    patience: int = field(default=3, metadata=_opt(
+        "stop after this many epochs without a better validation accuracy", metavar="N"))
+    validation_fraction: float = field(default=0.1, metadata=_opt(
+        "share of train held out for validation (test is never used for choices)", metavar="F"))
+    train_subset: int | None = field(default=None, metadata=_opt(
+        "train on a seeded subset of this many training reviews (quick runs)", metavar="N"))
+    test_subset: int | None = field(default=None, metadata=_opt(
+        "evaluate on a seeded subset of this many test reviews (0: skip the test split)", metavar="N"))
+    seed: int = field(default=0, metadata=_opt("random seed: the same seed on CPU gives the same metrics"))
+    device: str = field(default="auto", metadata=_opt("where to train", choices=("auto", "cpu", "cuda")))
+    weights_dtype: str = field(default="float32", metadata=_opt(
+        "dtype of the saved weights", choices=("float32", "float16")))
+    cache_dir: str | None = field(default=None, metadata=_opt(
+        "datasets cache folder (default: the Hugging Face cache)", metavar="DIR"))
+
+    def __post_init__(self):
+        positive = ("vocab_size", "max_len", "embedding_dim", "hidden_size", "num_layers", "epochs",
+                    "batch_size", "patience")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SentimentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.max_len < 2:
+            raise SentimentError(f"--max-len must be at least 2 (got {self.max_len})")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
+                raise SentimentError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+        if not 0 <= self.dropout < 1:
+            raise SentimentError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if not 0 < self.validation_fraction < 1:
+            raise SentimentError(f"--validation-fraction must be between 0 and 1 (got {self.validation_fraction})")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < (2 if name == "train_subset" else 0):
+                raise SentimentError(f"--{name.replace('_', '-')} is too small (got {value})")
+        if self.model not in MODEL_KINDS:
+            raise SentimentError(f"--model must be one of {', '.join(MODEL_KINDS)} (got {self.model!r})")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(kind=self.model, vocab_size=vocab_size, embedding_dim=self.embedding_dim,
+                           hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout)
+
+
+# --- processes -------------------------------------------------------------------
+
+@dataclass
+class Processes:
+    """This process's place under torchrun (rank 0 of 1 when run plainly)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def start(cls, device_kind: str) -> "Processes":
+        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return cls()
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def share(self, value):
+        """Rank 0's value, on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self):
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _device_kind(requested: str) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SentimentError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+# --- the run folder --------------------------------------------------------------
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise SentimentError(f"{path}: missing; --resume needs a run folder written by train.py")
+    try:
+        # weights_only: a checkpoint is tensors and plain values, never code.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SentimentError(f"{path}: unreadable checkpoint ({exc})") from None
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
+    ax_acc.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# --- data ----------------------------------------------------------------------
+
+def _subset(ds, n: int | None, seed: int):
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(n))
+
+
+def prepare_data(config: TrainConfig, procs: Processes):
+    """Train/validation/test rows; rank 0 builds the cache first so others only read it."""
+    splits = None
+    for turn in (0, 1):
+        if procs.main == (turn == 0):
+            splits = data_module.load_source(config.data, text_column=config.text_column,
+                                             label_column=config.label_column, test_src=config.test_data,
+                                             cache_dir=config.cache_dir)
+        procs.barrier()
+    train = splits["train"]
+    if "label" in train.column_names and -1 in set(train.unique("label")):
+        raise SentimentError(f"{config.data}: the train split has unlabelled rows (label -1)")
+    train = _subset(train, config.train_subset, config.seed)
+    train, validation = data_module.split_validation(train, config.validation_fraction, config.seed)
+    test = splits.get("test")
+    if test is not None:
+        test = None if config.test_subset == 0 else _subset(test, config.test_subset, config.seed)
+    report = data_module.undecodable_report(splits)
+    if report and procs.main:
+        print(report, file=sys.stderr)
+    return train, validation, test
+
+
+# --- training --------------------------------------------------------------------
+
+def _evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device) -> dict:
+    p = positive_probability(model, encoded, batch_size, device)
+    eps = 1e-7
+    loss = float(-np.mean(labels * np.log(p + eps) + (1 - labels) * np.log(1 - p + eps)))
+    return {"loss": loss, **classification_metrics(labels, p)}
+
+
+def _state_copy(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+
+
+def _default_out(config: TrainConfig) -> str:
+    return str(Path("runs") / f"{config.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+
+def train(config: TrainConfig, resume: str | None = None) -> Path:
+    """Train per ``config`` (or continue the run in ``resume``) and return the bundle's folder."""
+    checkpoint = None
+    if resume:
+        run_dir = Path(resume)
+        checkpoint = load_checkpoint(run_dir)
+        config = TrainConfig(**checkpoint["config"])
+    device_kind = _device_kind(config.device)
+    procs = Processes.start(device_kind)
+    try:
+        return _train(config, procs, device_kind, checkpoint, resume)
+    finally:
+        procs.close()
+
+
+def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: dict | None,
+           resume: str | None) -> Path:
+    device = torch.device(f"cuda:{procs.local_rank}" if device_kind == "cuda" else "cpu")
+    say = print if procs.main else (lambda *a, **k: None)
+    run_dir = Path(resume or procs.share(config.out or _default_out(config)))
+    started = time.time()
+
+    train_rows, val_rows, test_rows = prepare_data(config, procs)
+    if checkpoint is not None:
+        encoder = TextEncoder.load(run_dir / "tokenizer.json", config.max_len, config.truncate)
+    else:
+        # Every rank learns the same vocabulary from the same rows; no file exchange needed.
+        tokenizer = train_tokenizer(iter(train_rows["text"]), config.vocab_size, length=len(train_rows))
+        encoder = TextEncoder(tokenizer, config.max_len, config.truncate)
+    if procs.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        encoder.save(run_dir / "tokenizer.json")
+    train_enc = encoder.encode(train_rows["text"])
+    train_labels = np.asarray(train_rows["label"], dtype=np.int64)
+    val_enc = encoder.encode(val_rows["text"])
+    val_labels = np.asarray(val_rows["label"], dtype=np.int64)
+    say(f"data: {len(train_labels)} train, {len(val_labels)} validation, "
+        f"{0 if test_rows is None else len(test_rows)} test reviews; vocabulary {encoder.vocab_size} tokens; "
+        f"device {device}{f' x {procs.world} processes' if procs.world > 1 else ''}; run folder {run_dir}")
+
+    torch.manual_seed(config.seed)
+    model = SentimentRNN(config.model_config(encoder.vocab_size)).to(device)
+    wrapped = model
+    if procs.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device_kind == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    per_rank = -(-len(train_labels) // procs.world)
+    steps_per_epoch = -(-per_rank // config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
+                                                   total_steps=config.epochs * steps_per_epoch)
+    history: list[dict] = []
+    best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf")}
+    best_state = _state_copy(model)
+    bad_epochs, start_epoch = 0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        history, best, best_state = checkpoint["history"], checkpoint["best"], checkpoint["best_model"]
+        bad_epochs, start_epoch = checkpoint["bad_epochs"], checkpoint["epoch"]
+        torch.set_rng_state(checkpoint["rng"][procs.rank] if procs.rank < len(checkpoint["rng"]) else checkpoint["rng"][0])
+        say(f"resuming {run_dir} after epoch {start_epoch}")
+    else:
+        torch.manual_seed(config.seed + procs.rank)
+
+    base_config = {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "training": asdict(config),
+        "data_fingerprint": data_module.fingerprint(config.data),
+        "device": f"{device_kind}{'' if procs.world == 1 else f' x {procs.world}'}"
+                  + (f" ({torch.cuda.get_device_name(device)})" if device_kind == "cuda" else ""),
+        "versions": _versions(),
+    }
+
+    def save_best(metrics: dict, finished: bool):
+        final_model = SentimentRNN(model.config)
+        final_model.load_state_dict(best_state)
+        save_bundle(run_dir, final_model, encoder, {**base_config, **metrics,
+                                                    "trained": {"best_epoch": best["epoch"],
+                                                                "epochs_run": len(history),
+                                                                "finished": finished,
+                                                                "wall_time_s": round(time.time() - started
+                                                                                     + sum_previous_time, 1),
+                                                                "date": datetime.now(timezone.utc).isoformat(
+                                                                    timespec="seconds")}},
+                    weights_dtype=config.weights_dtype)
+
+    sum_previous_time = checkpoint.get("wall_time_s", 0.0) if checkpoint else 0.0
+    loss_fn = nn.CrossEntropyLoss()
+    interrupted = False
+    stopped_early = start_epoch > 0 and checkpoint.get("stopped", False)
+    epoch = start_epoch
+    try:
+        while epoch < config.epochs and not stopped_early:
+            epoch += 1
+            # The order of an epoch depends on the seed and epoch alone, so a resumed run
+            # sees exactly the batches an uninterrupted one would.
+            order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            order = order.repeat(2)[:per_rank * procs.world][procs.rank::procs.world].numpy()
+            wrapped.train()
+            seen, total_loss, correct = 0, 0.0, 0
+            tick = time.time()
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="step",
+                       disable=not procs.main, dynamic_ncols=True, leave=False, file=sys.stderr)
+            for start in range(0, len(order), config.batch_size):
+                idx = order[start:start + config.batch_size]
+                lengths = torch.from_numpy(train_enc.lengths[idx])
+                ids = torch.from_numpy(train_enc.ids[idx, :int(lengths.max())]).to(device)
+                labels = torch.from_numpy(train_labels[idx]).to(device)
+                logits = wrapped(ids, lengths)
+                loss = loss_fn(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                schedule.step()
+                seen += len(idx)
+                total_loss += loss.item() * len(idx)
+                correct += int((logits.argmax(-1) == labels).sum())
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}",
+                                reviews_s=f"{seen * procs.world / (time.time() - tick):.0f}")
+            bar.close()
+            val = _evaluate(model, val_enc, val_labels, 256, device)
+            record = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
+                      "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                      "seconds": round(time.time() - tick, 1), "lr": schedule.get_last_lr()[0]}
+            history.append(record)
+            improved = (val["accuracy"], -val["loss"]) > (best["val_accuracy"], -best["val_loss"])
+            if improved:
+                best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+                best_state = _state_copy(model)
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            stopped_early = bad_epochs >= config.patience
+            say(f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f} "
+                f"acc {record['train_accuracy']:.4f} | validation loss {val['loss']:.4f} "
+                f"acc {val['accuracy']:.4f}{' *best*' if improved else ''} | {record['seconds']:.0f}s, "
+                f"{len(train_labels) / max(record['seconds'], 1e-9):.0f} reviews/s")
+            if procs.main:
+                if improved:
+                    save_best({"metrics": {"validation": val}}, finished=False)
+                _save_atomic({"config": asdict(config), "epoch": epoch, "model": _state_copy(model),
+                              "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                              "history": history, "best": best, "best_model": best_state,
+                              "bad_epochs": bad_epochs, "stopped": stopped_early,
+                              "rng": _gather_rng(procs),
+                              "wall_time_s": time.time() - started + sum_previous_time}, run_dir / CHECKPOINT)
+                plot_history(history, run_dir / "curves.png")
+                (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+            elif procs.world > 1:
+                _gather_rng(procs)
+            if stopped_early:
+                say(f"early stop: no better validation accuracy for {config.patience} epochs")
+    except KeyboardInterrupt:
+        interrupted = True
+
+    if interrupted:
+        if procs.main and history:
+            save_best({"metrics": {"validation": _evaluate_state(model, best_state, val_enc, val_labels, device)}},
+                      finished=False)
+            print(f"\ninterrupted: the best model so far (epoch {best['epoch']}, validation accuracy "
+                  f"{best['val_accuracy']:.4f}) is in {run_dir}; continue with --resume {run_dir}", file=sys.stderr)
+        elif procs.main:
+            print("\ninterrupted before the first epoch ended: nothing saved", file=sys.stderr)
+        raise KeyboardInterrupt
+    if not procs.main:
+        return run_dir
+
+    metrics = {"validation": _evaluate_state(model, best_state, val_enc, val_labels, device)}
+    if test_rows is not None:
+        model.load_state_dict(best_state)
+        test_labels = np.asarray(test_rows["label"], dtype=np.int64)
+        metrics["test"] = _evaluate(model, encoder.encode(test_rows["text"]), test_labels, 256, device)
+    save_best({"metrics": metrics}, finished=True)
+    print(format_table({config.model: metrics.get("test", metrics["validation"])},
+                       title=f"{'test' if 'test' in metrics else 'validation'} metrics of the best epoch "
+                             f"({best['epoch']}), {time.time() - started + sum_previous_time:.0f}s in all:"))
+    print(f"model saved to {run_dir}")
+    return run_dir
+
+
+def _evaluate_state(model, state, encoded, labels, device) -> dict:
+    model.load_state_dict(state)
+    return _evaluate(model, encoded, labels, 256, device)
+
+
+def _gather_rng(procs: Processes) -> list[torch.Tensor]:
+    state = torch.get_rng_state()
+    if procs.world == 1:
+        return [state]
+    states = [torch.empty_like(state) for _ in range(procs.world)]
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _versions() -> dict:
+    import tokenizers
+
+    from . import __version__
+
+    return {"sentiment": __version__, "torch": torch.__version__, "tokenizers": tokenizers.__version__,
+            "python": sys.version.split()[0]}

@@ -1,0 +1,108 @@
+"""Tiny data the tests make themselves, in every format the loader reads."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Keep every test local and quiet: no hub calls, no telemetry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# A private datasets cache for the whole test run (set before datasets is imported),
+# so tests never read or fill the user's cache.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="sentiment-test-hf-")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_IMDB = ROOT.parent / "shared" / "imdb" / "aclImdb_v1.tar.gz"
+
+POSITIVE = ["great", "wonderful", "loved", "superb", "brilliant", "moving"]
+NEGATIVE = ["awful", "boring", "hated", "terrible", "dull", "worst"]
+FILLER = ["the", "movie", "plot", "actor", "scene", "film", "story", "was", "and", "a", "it", "director",
+          "music", "camera", "end", "character", "script", "of", "to", "this"]
+
+
+def make_review(rng: random.Random, label: int, words: int | None = None) -> str:
+    words = words or rng.randint(8, 40)
+    cue = POSITIVE if label == 1 else NEGATIVE
+    tokens = [rng.choice(FILLER) for _ in range(words)]
+    for _ in range(3):
+        tokens.insert(rng.randrange(len(tokens) + 1), rng.choice(cue))
+    # Real reviews carry HTML breaks, capitals and punctuation.
+    text = " ".join(tokens).capitalize() + "!"
+    return text.replace(" the ", " the<br /><br />", 1)
+
+
+def make_reviews(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    return [(make_review(rng, i % 2), i % 2) for i in range(n)]
+
+
+def write_stanford_folder(root: Path, n_train: int = 40, n_test: int = 20, n_unsup: int = 6) -> Path:
+    base = root / "aclImdb"
+    for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        for i, (text, label) in enumerate(make_reviews(n, seed)):
+            polarity = "pos" if label else "neg"
+            rating = 8 if label else 2
+            folder = base / split / polarity
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i}_{rating}.txt").write_text(text)
+    unsup = base / "train" / "unsup"
+    unsup.mkdir(parents=True, exist_ok=True)
+    for i, (text, _) in enumerate(make_reviews(n_unsup, 3)):
+        (unsup / f"{i}_0.txt").write_text(text)
+    (base / "train" / "urls_pos.txt").write_text("http://www.imdb.com/title/tt0000001/usercomments\n")
+    return base
+
+
+def write_archive(folder: Path, path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="aclImdb")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stanford_folder(tmp_path_factory) -> Path:
+    return write_stanford_folder(tmp_path_factory.mktemp("stanford"))
+
+
+@pytest.fixture(scope="session")
+def stanford_archive(stanford_folder, tmp_path_factory) -> Path:
+    return write_archive(stanford_folder, tmp_path_factory.mktemp("archive") / "aclImdb_v1.tar.gz")
+
+
+def write_table(path: Path, rows: list[dict]) -> Path:
+    suffix = path.suffix
+    if suffix in (".csv", ".tsv"):
+        import csv
+
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t" if suffix == ".tsv" else ",")
+            writer.writeheader()
+            writer.writerows(rows)
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def run_cli(*args, cwd=ROOT, env_extra=None, timeout=600, input=None):
+    """Run a command as a user would, with this checkout importable."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, input=input)

@@ -1,0 +1,24 @@
+"""The guard that the pipeline really learns, on the real IMDB archive beside the checkout."""
+import json
+
+import pytest
+
+from conftest import SHARED_IMDB, run_cli
+
+pytestmark = pytest.mark.skipif(not SHARED_IMDB.is_file(),
+                                reason=f"the IMDB archive is not at {SHARED_IMDB} (see shared/imdb/README.md)")
+
+
+@pytest.mark.slow
+def test_lstm_learns_in_one_epoch_on_3000_real_reviews(tmp_path):
+    out = tmp_path / "run"
+    # Smaller batches, a higher peak rate and less dropout than the full recipe: one short
+    # epoch has to move far. Same seed on CPU: the same result every run.
+    result = run_cli("train.py", "--model", "lstm", "--data", SHARED_IMDB, "--train-subset", "3000",
+                     "--epochs", "1", "--batch-size", "32", "--lr", "8e-3", "--dropout", "0.2",
+                     "--test-subset", "1000", "--out", out, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "data: 2700 train, 300 validation, 1000 test reviews; vocabulary 10002 tokens" in result.stdout
+    metrics = json.loads((out / "config.json").read_text())["metrics"]
+    assert metrics["validation"]["accuracy"] >= 0.70, metrics["validation"]
+    assert metrics["test"]["accuracy"] >= 0.65, metrics["test"]

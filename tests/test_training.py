@@ -1,0 +1,140 @@
+"""Training end to end, as a user runs it: train.py in a subprocess on tiny data."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_cli, write_archive, write_stanford_folder
+from sentiment import load_bundle
+
+FAST = ["--embedding-dim", "16", "--hidden-size", "16", "--max-len", "32", "--batch-size", "16",
+        "--vocab-size", "100", "--lr", "0.01", "--dropout", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return write_archive(write_stanford_folder(root, n_train=300, n_test=100), root / "aclImdb_v1.tar.gz")
+
+
+@pytest.fixture(scope="module")
+def slow_archive(tmp_path_factory):
+    # Big enough that one epoch lasts a second or more, so a kill lands mid-epoch.
+    root = tmp_path_factory.mktemp("slow")
+    return write_archive(write_stanford_folder(root, n_train=3000, n_test=50), root / "aclImdb_v1.tar.gz")
+
+
+def _metrics(run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    return config["metrics"]
+
+
+def _history(run_dir):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in json.loads((run_dir / "history.json").read_text())]
+
+
+@pytest.mark.parametrize("kind", ["rnncell", "rnn", "lstm", "bilstm"])
+def test_train_writes_a_bundle_that_learned(tiny_archive, tmp_path, kind):
+    out = tmp_path / "run"
+    result = run_cli("train.py", "--model", kind, "--data", tiny_archive, "--epochs", "6", "--out", out, *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "validation loss" in result.stdout and "test metrics of the best epoch" in result.stdout
+    assert "roc_auc" in result.stdout and "actual positive" in result.stdout
+    assert {"config.json", "tokenizer.json", "model.safetensors", "checkpoint.pt", "curves.png",
+            "history.json"} <= {p.name for p in out.iterdir()}
+    metrics = _metrics(out)
+    assert metrics["test"]["n"] == 100 and metrics["validation"]["n"] == 30
+    assert metrics["test"]["accuracy"] >= 0.8, metrics["test"]
+    clf = load_bundle(out)
+    assert list(clf.predict(["wonderful superb loved it", "awful boring hated it"])) == ["positive", "negative"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"].startswith("python train.py --model " + kind)
+    assert config["trained"]["finished"] is True and config["data_fingerprint"]
+
+
+def test_same_seed_gives_the_same_metrics(tiny_archive, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        result = run_cli("train.py", "--model", "lstm", "--data", tiny_archive, "--epochs", "2", "--seed", "7",
+                         "--out", tmp_path / name, *FAST)
+        assert result.returncode == 0, result.stderr
+        runs.append(_metrics(tmp_path / name))
+    assert runs[0] == runs[1]
+    other = tmp_path / "c"
+    assert run_cli("train.py", "--model", "lstm", "--data", tiny_archive, "--epochs", "2", "--seed", "8",
+                   "--out", other, *FAST).returncode == 0
+    assert _metrics(other) != runs[0]
+
+
+def _start_training(archive, out, epochs, extra=()):
+    args = [sys.executable, "train.py", "--model", "lstm", "--data", str(archive), "--epochs", str(epochs),
+            "--out", str(out), "--patience", "10", "--batch-size", "8", "--embedding-dim", "16",
+            "--hidden-size", "32", "--max-len", "48", "--vocab-size", "100", "--lr", "0.005", *extra]
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(proc, out, timeout=300):
+    deadline = time.time() + timeout
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    time.sleep(0.3)  # well into the next epoch
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_mid_epoch_ends_with_the_same_metrics(slow_archive, tmp_path):
+    straight = tmp_path / "straight"
+    proc = _start_training(slow_archive, straight, epochs=3)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+
+    crashed = tmp_path / "crashed"
+    proc = _start_training(slow_archive, crashed, epochs=3)
+    _wait_for_checkpoint(proc, crashed)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    import torch
+
+    checkpoint = torch.load(crashed / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1, "the kill should land in epoch 2; make the test data bigger"
+
+    result = run_cli("train.py", "--resume", crashed)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {crashed} after epoch 1" in result.stdout
+    assert _metrics(crashed) == _metrics(straight)
+    assert _history(crashed) == _history(straight)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_keeps_the_best_model(slow_archive, tmp_path):
+    out = tmp_path / "run"
+    proc = _start_training(slow_archive, out, epochs=5)
+    _wait_for_checkpoint(proc, out)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: the best model so far (epoch 1" in stderr and f"--resume {out}" in stderr
+    assert "Traceback" not in stderr
+    assert load_bundle(out).predict_proba(["a wonderful film"]).shape == (1, 2)
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tiny_archive, tmp_path):
+    out = tmp_path / "ddp"
+    result = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+                     "--model", "bilstm", "--data", tiny_archive, "--epochs", "3", "--out", out,
+                     "--device", "cpu", *FAST, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "x 2 processes" in result.stdout
+    assert result.stdout.count("model saved to") == 1  # only rank 0 writes
+    clf = load_bundle(out)
+    assert _metrics(out)["test"]["accuracy"] >= 0.7
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu x 2"
+    assert clf.predict(["wonderful superb loved it"])[0] == "positive"

@@ -62,11 +62,16 @@ def parse_label(value: Any) -> int | None:
 
 @dataclass
 class Row:
-    """One input record: where it came from, its fields, and bytes replaced while decoding."""
+    """One input record: where it came from, its fields, and bytes replaced while decoding.
+
+    A record that could not be parsed keeps its place as a row with ``error`` set, so a
+    caller decides whether to stop or carry on; no row is ever skipped unseen.
+    """
 
     where: str                 # "reviews.csv:12" or "aclImdb/train/pos/3_9.txt"
     fields: dict[str, Any]
     undecodable: int = 0
+    error: str | None = None
 
 
 def _decoded_lines(binary: io.BufferedReader) -> Iterator[tuple[str, int]]:
@@ -92,16 +97,19 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[Row]:
             raise SentimentError(f"{path}:1: malformed header ({exc})") from None
         start = reader.line_num + 1
         while True:
+            error = None
             try:
                 record = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                raise SentimentError(f"{path}:{start}: malformed csv row ({exc})") from None
-            if len(record) != len(header):
-                raise SentimentError(
-                    f"{path}:{start}: malformed csv row: {len(record)} fields, the header has {len(header)}")
-            yield Row(f"{path}:{start}", dict(zip(header, record)), bad[0])
+                record, error = [], f"malformed csv row ({exc})"
+            if error is None and len(record) != len(header):
+                error = f"malformed csv row: {len(record)} fields, the header has {len(header)}"
+            end = reader.line_num
+            # A broken quote can swallow the lines after it: name them all.
+            where = f"{path}:{start}" if not error or end <= start else f"{path}:{start}-{end}"
+            yield Row(where, {} if error else dict(zip(header, record)), bad[0], error)
             bad[0] = 0
             start = reader.line_num + 1
 
@@ -111,13 +119,16 @@ def _iter_jsonl(path: Path) -> Iterator[Row]:
         for line_no, (text, bad) in enumerate(_decoded_lines(fh), 1):
             if not text.strip():
                 continue  # a blank line in jsonl is no record
+            where = f"{path}:{line_no}"
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise SentimentError(f"{path}:{line_no}: malformed json line ({exc.msg})") from None
+                yield Row(where, {}, bad, f"malformed json line ({exc.msg})")
+                continue
             if not isinstance(record, dict):
-                raise SentimentError(f"{path}:{line_no}: expected a json object, got {type(record).__name__}")
-            yield Row(f"{path}:{line_no}", record, bad)
+                yield Row(where, {}, bad, f"expected a json object, got {type(record).__name__}")
+                continue
+            yield Row(where, record, bad)
 
 
 def _iter_parquet(path: Path) -> Iterator[Row]:
@@ -160,6 +171,8 @@ def require_column(row: Row, column: str, path: Path, role: str) -> Any:
 def _labelled_records(path: Path, text_column: str, label_column: str) -> Iterator[dict]:
     unknown: dict[str, str] = {}
     for row in iter_rows(path):
+        if row.error:
+            raise SentimentError(f"{row.where}: {row.error}")
         text = require_column(row, text_column, path, "text")
         label = parse_label(require_column(row, label_column, path, "label"))
         if label is None:

@@ -76,6 +76,19 @@ def save_bundle(path: str | Path, model: SentimentRNN, encoder: TextEncoder, con
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_KINDS = ("bilstm", "lstm", "rnn", "rnncell")  # best first
+
+
+def default_model_dir() -> Path:
+    """The shipped model that surfaces load when no ``--model`` is given."""
+    for kind in DEFAULT_KINDS:
+        if (SHIPPED_MODELS / kind / CONFIG).is_file():
+            return SHIPPED_MODELS / kind
+    raise SentimentError(f"no --model given and no shipped model in {SHIPPED_MODELS}; "
+                         "train one with `python train.py` and pass --model DIR")
+
+
 def read_config(path: str | Path) -> dict:
     """The bundle's ``config.json``, checked for its format version."""
     path = Path(path)

@@ -1,4 +1,4 @@
-"""The ``sentiment`` command: ``train``, and the entry points behind train.py."""
+"""The ``sentiment`` command (``train``, ``score``, ``evaluate``) and the entry point behind train.py."""
 from __future__ import annotations
 
 import argparse
@@ -26,8 +26,46 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_parser(parser: argparse.ArgumentParser) -> None:
+    from .score import ScoreConfig
+
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="a .txt (one review per line), .csv, .tsv, .jsonl or .parquet file, "
+                             "a folder of .txt files (one review each), or - for standard input")
+    add_options(parser, ScoreConfig)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .bundle import default_model_dir, load_bundle
+    from .score import ScoreConfig, score
+
+    config = from_args(ScoreConfig, args, inputs=args.inputs)
+    config.output_format()  # a bad --out/--format fails before the model loads
+    classifier = load_bundle(config.model or default_model_dir())
+    counts = score(config, classifier)
+    print(counts.line(), file=sys.stderr)
+    return 0
+
+
+def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
+    from .evaluation import EvaluateConfig
+
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
+                        help="model bundle folder; repeat to compare models (default: the shipped model)")
+    add_options(parser, EvaluateConfig)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import EvaluateConfig, evaluate
+
+    evaluate(from_args(EvaluateConfig, args))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("train a classifier and write a model bundle", _train_parser, _train),
+    "score": ("score reviews in files or from standard input", _score_parser, _score),
+    "evaluate": ("metrics of models on labelled reviews", _evaluate_parser, _evaluate),
 }
 
 

@@ -31,6 +31,14 @@ def _normalizer() -> normalizers.Normalizer:
     ])
 
 
+def words(text: str) -> list[str]:
+    """The words of a text as the tokenizer sees them (for models that build their own vocabulary)."""
+    return _NORMALIZER.normalize_str(text).split()
+
+
+_NORMALIZER = _normalizer()
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 10_000, length: int | None = None) -> Tokenizer:
     """Learn the ``vocab_size`` most frequent words of ``texts`` plus ``<unk>``=0, ``<pad>``=1."""
     tokenizer = Tokenizer(WordLevel(unk_token=UNK))

@@ -420,6 +420,10 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
     if not procs.main:
         return run_dir
 
+    # Final metrics are those of the weights as saved (fp16 rounds them), so evaluating
+    # the bundle later reproduces them exactly.
+    saved_dtype = getattr(torch, config.weights_dtype)
+    best_state = {k: v.to(saved_dtype).float() if v.is_floating_point() else v for k, v in best_state.items()}
     metrics = {"validation": _evaluate_state(model, best_state, val_enc, val_labels, device)}
     if test_rows is not None:
         model.load_state_dict(best_state)

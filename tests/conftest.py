@@ -106,3 +106,19 @@ def run_cli(*args, cwd=ROOT, env_extra=None, timeout=600, input=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, input=input)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, stanford_archive) -> Path:
+    """A small trained bundle (cue words decide the label), trained once per test run."""
+    from sentiment.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    config = TrainConfig(model="lstm", data=str(stanford_archive), out=str(out), epochs=8, embedding_dim=16,
+                         hidden_size=16, max_len=32, batch_size=8, vocab_size=100, lr=0.01, dropout=0.1)
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        train(config)
+    return out

@@ -1,0 +1,42 @@
+"""The linear baseline: TF-IDF of unigrams and bigrams with logistic regression (scikit-learn).
+
+It reads words exactly as the recurrent models' tokenizer does (``text.words``), but
+keeps every word and bigram seen twice, with no length limit.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .text import words
+
+
+class LinearBaseline:
+    """``fit`` on training reviews, then ``predict_proba`` like a :class:`Classifier`."""
+
+    classes_ = np.array(("negative", "positive"))
+
+    def __init__(self, C: float = 4.0, seed: int = 0):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        self.pipeline = make_pipeline(
+            TfidfVectorizer(analyzer=words_and_bigrams, min_df=2, sublinear_tf=True),
+            LogisticRegression(C=C, max_iter=2000, random_state=seed))
+
+    def fit(self, texts: Sequence[str], labels: Sequence[int]) -> "LinearBaseline":
+        self.pipeline.fit(list(texts), np.asarray(labels))
+        return self
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return self.pipeline.predict_proba(list(texts))
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        return self.classes_[(self.predict_proba(texts)[:, 1] >= 0.5).astype(int)]
+
+
+def words_and_bigrams(text: str) -> list[str]:
+    tokens = words(text)
+    return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]

@@ -1,0 +1,118 @@
+"""``sentiment evaluate``: models (and the linear baseline) side by side on labelled reviews."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import data as data_module
+from .errors import SentimentError
+from .metrics import classification_metrics, format_table
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``sentiment evaluate``."""
+
+    data: str = field(default=data_module.DEFAULT_DATASET, metadata={
+        "help": "labelled reviews: a dataset id, the Stanford archive or folder, or a csv/tsv/jsonl/parquet file",
+        "metavar": "SRC"})
+    models: list[str] = field(default_factory=list, metadata={"cli": False})
+    split: str | None = field(default=None, metadata={
+        "help": "split to evaluate (default: test, or the whole file for a table source)", "metavar": "NAME"})
+    text_column: str = field(default="text", metadata={"help": "text column of table sources", "metavar": "NAME"})
+    label_column: str = field(default="label", metadata={"help": "label column of table sources", "metavar": "NAME"})
+    baseline: bool = field(default=False, metadata={
+        "help": "add TF-IDF (1-2 grams) + logistic regression, trained on the source's train split"})
+    plot: str | None = field(default=None, metadata={
+        "help": "write confusion-matrix and ROC-curve PNGs into this folder", "metavar": "DIR"})
+    json: str | None = field(default=None, metadata={"help": "write the metrics to this JSON file",
+                                                     "metavar": "FILE"})
+    batch_size: int = field(default=256, metadata={"help": "reviews per forward pass", "metavar": "N"})
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder", "metavar": "DIR"})
+
+
+def _names(paths: list[str]) -> list[str]:
+    """Column names for the table: folder names, made unique (full paths, then #2, #3 ...)."""
+    short = [Path(p).name or str(p) for p in paths]
+    names = [s if short.count(s) == 1 else str(p) for s, p in zip(short, paths)]
+    return [n if names[:i].count(n) == 0 else f"{n}#{names[:i].count(n) + 1}" for i, n in enumerate(names)]
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, dict]:
+    """Metrics of each model (and the baseline) on the chosen split; prints the table."""
+    from .bundle import default_model_dir, load_bundle
+
+    model_dirs = config.models or [str(default_model_dir())]
+    classifiers = [load_bundle(d) for d in model_dirs]  # fail on a bad model before reading data
+    splits = data_module.load_source(config.data, text_column=config.text_column,
+                                     label_column=config.label_column, cache_dir=config.cache_dir)
+    split = config.split or ("test" if "test" in splits else "train")
+    if split not in splits:
+        raise SentimentError(f"{config.data}: no {split!r} split (has: {', '.join(splits)})")
+    rows = splits[split]
+    labels = np.asarray(rows["label"])
+    if (labels < 0).any():
+        raise SentimentError(f"{config.data}: the {split} split has unlabelled rows; choose a labelled split")
+    texts = rows["text"]
+    note = data_module.undecodable_report(splits)
+    if note:
+        print(note, file=sys.stderr)
+    results: dict[str, dict] = {}
+    probabilities: dict[str, np.ndarray] = {}
+    for name, clf in zip(_names(model_dirs), classifiers):
+        p = clf.predict_proba(texts, config.batch_size)[:, 1]
+        probabilities[name] = p
+        results[name] = classification_metrics(labels, p)
+    if config.baseline:
+        if split == "train" or "train" not in splits:
+            raise SentimentError("--baseline trains on the source's train split, so it needs a source with a "
+                                 "separate split to evaluate (e.g. the IMDB archive, whose test split is used)")
+        from .baseline import LinearBaseline
+
+        train = splits["train"]
+        baseline = LinearBaseline().fit(train["text"], train["label"])
+        probabilities["tfidf+logreg"] = baseline.predict_proba(texts)[:, 1]
+        results["tfidf+logreg"] = classification_metrics(labels, probabilities["tfidf+logreg"])
+    print(format_table(results, title=f"{config.data} [{split}]: {len(labels)} reviews"))
+    if config.plot:
+        plot_results(results, probabilities, labels, Path(config.plot))
+        print(f"plots written to {config.plot}")
+    if config.json:
+        payload = {"data": str(config.data), "split": split, "data_fingerprint": data_module.fingerprint(config.data),
+                   "models": {n: {"path": p} for n, p in zip(_names(model_dirs), model_dirs)}, "metrics": results}
+        tmp = Path(config.json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, config.json)
+    return results
+
+
+def plot_results(results: dict, probabilities: dict, labels: np.ndarray, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, p in probabilities.items():
+        RocCurveDisplay.from_predictions(labels, p, name=name, ax=ax)
+    ax.plot([0, 1], [0, 1], "k--", alpha=0.4)
+    ax.set_title("ROC curve")
+    fig.tight_layout()
+    fig.savefig(folder / "roc.png", dpi=100)
+    plt.close(fig)
+    for name in results:
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ConfusionMatrixDisplay(np.asarray(results[name]["confusion_matrix"]),
+                               display_labels=["negative", "positive"]).plot(ax=ax, colorbar=False)
+        ax.set_title(f"{name}: accuracy {results[name]['accuracy']:.4f}")
+        fig.tight_layout()
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        fig.savefig(folder / f"confusion-{safe}.png", dpi=100)
+        plt.close(fig)

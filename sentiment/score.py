@@ -1,0 +1,370 @@
+"""Batch scoring: reviews from files or stdin, streamed in chunks, to csv/jsonl/parquet.
+
+Every input row comes out, in input order, with its location, the predicted label and
+``p_positive``; nothing is dropped. Memory stays flat whatever the input size: rows are
+read, scored and written one chunk at a time. A file output appears under its final
+name only when complete (written to a temporary file, then renamed).
+
+The web page's file tab calls :func:`score_rows` too, so both score files the same way.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Sequence
+
+from .data import Row, decode, iter_rows
+from .errors import SentimentError
+from .predict import Classifier
+
+OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
+TEXT_COLUMNS = ("text", "review")
+INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
+
+
+@dataclass
+class ScoreConfig:
+    """Options of ``sentiment score``."""
+
+    inputs: list[str] = field(default_factory=list, metadata={"cli": False})
+    model: str | None = field(default=None, metadata={"help": "model bundle folder (default: the shipped model)",
+                                                      "metavar": "DIR"})
+    out: str | None = field(default=None, metadata={"help": "output file (default: standard output)",
+                                                    "metavar": "FILE"})
+    format: str | None = field(default=None, metadata={
+        "help": "output format (default: from --out's suffix, else csv)", "choices": OUTPUT_FORMATS})
+    text_column: str | None = field(default=None, metadata={
+        "help": "text column of csv/tsv/jsonl/parquet inputs (default: text or review)", "metavar": "NAME"})
+    on_error: str = field(default="stop", metadata={
+        "help": "a malformed row stops the run with its file and line (stop), or becomes an error row (skip)",
+        "choices": ("stop", "skip")})
+    chunk_size: int = field(default=4096, metadata={"help": "rows read and scored at a time", "metavar": "N"})
+    batch_size: int = field(default=256, metadata={"help": "reviews per forward pass", "metavar": "N"})
+    progress: bool | None = field(default=None, metadata={
+        "help": "progress bar with rows/s on stderr (default: when stderr is a terminal)"})
+
+    def __post_init__(self):
+        for name in ("chunk_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SentimentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+
+    def output_format(self) -> str:
+        if self.format:
+            return self.format
+        if self.out:
+            suffix = Path(self.out).suffix.lower().lstrip(".")
+            if suffix in OUTPUT_FORMATS:
+                return suffix
+            raise SentimentError(f"--out {self.out}: cannot tell the format from the suffix; "
+                                 f"name it .csv, .jsonl or .parquet, or pass --format")
+        return "csv"
+
+
+# --- reading -------------------------------------------------------------------
+
+@dataclass
+class Record:
+    """One review to score, with where it came from and the columns to keep."""
+
+    source: str
+    row: str                       # line number, row number or file name
+    text: str | None
+    columns: dict[str, Any]
+    undecodable: int = 0
+    error: str | None = None
+
+
+def _lines(stream: IO[bytes], source: str) -> Iterator[Record]:
+    for line_no, raw in enumerate(stream, 1):
+        text, bad = decode(raw.rstrip(b"\n").rstrip(b"\r"))
+        yield Record(source, str(line_no), text, {}, bad)
+
+
+def _folder(path: Path) -> Iterator[Record]:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
+    if not files:
+        raise SentimentError(f"{path}: a folder input must hold .txt files (one review each); found none")
+    for file in files:
+        text, bad = decode(file.read_bytes())
+        yield Record(str(path), file.name, text, {}, bad)
+
+
+def _table(path: Path, text_column: str | None) -> Iterator[Record]:
+    column = text_column
+    for row in iter_rows(path):
+        number = row.where[len(str(path)) + 1:].removeprefix("row ")
+        if row.error:
+            yield Record(str(path), number, None, {}, row.undecodable, f"{row.where}: {row.error}")
+            continue
+        if column is None:
+            column = next((c for c in TEXT_COLUMNS if c in row.fields), None)
+            if column is None:
+                raise SentimentError(f"{path}: no text column (looked for {' or '.join(TEXT_COLUMNS)}; columns: "
+                                     f"{', '.join(map(str, row.fields))}); choose one with --text-column")
+        if column not in row.fields:
+            raise SentimentError(f"{row.where}: no text column {column!r} (columns: "
+                                 f"{', '.join(map(str, row.fields))}); choose one with --text-column")
+        text = row.fields[column]
+        yield Record(str(path), number, "" if text is None else str(text), row.fields, row.undecodable)
+
+
+def read_inputs(inputs: Sequence[str], text_column: str | None = None) -> Iterator[Record]:
+    """Records of every input in turn: files, folders of .txt files, or ``-`` for stdin."""
+    for name in inputs:
+        if name == "-":
+            yield from _lines(sys.stdin.buffer, "<stdin>")
+            continue
+        path = Path(name)
+        if path.is_dir():
+            yield from _folder(path)
+        elif not path.exists():
+            raise SentimentError(f"{path}: no such file or directory")
+        elif path.suffix.lower() == ".txt":
+            with open(path, "rb") as fh:
+                yield from _lines(fh, str(path))
+        elif path.suffix.lower() in INPUT_SUFFIXES:
+            yield from _table(path, text_column)
+        else:
+            raise SentimentError(f"{path}: unsupported input type {path.suffix!r}; expected "
+                                 f"{', '.join(INPUT_SUFFIXES)}, a folder of .txt files, or - for stdin")
+
+
+def check_inputs(inputs: Sequence[str]) -> None:
+    """Fail before any work on an input that does not exist."""
+    if not inputs:
+        raise SentimentError("no input given: name files, folders, or - for standard input")
+    for name in inputs:
+        if name != "-" and not Path(name).exists():
+            raise SentimentError(f"{name}: no such file or directory")
+
+
+# --- scoring -------------------------------------------------------------------
+
+def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _free_name(wanted: str, taken: Iterable[str]) -> str:
+    taken = set(taken)
+    name = wanted
+    while name in taken:
+        name = "_" + name
+    return name
+
+
+class OutputRows:
+    """Turns scored records into output rows with a fixed set of columns."""
+
+    def __init__(self):
+        self.columns: list[str] | None = None
+        self.first_source = ""
+        self.names: dict[str, str] = {}
+
+    def start(self, chunk: list[Record]) -> None:
+        """Fix the columns from the first parsed record (an error row has no input columns)."""
+        if self.columns is not None:
+            return
+        record = next((r for r in chunk if r.error is None), chunk[0])
+        input_columns = [str(c) for c in record.columns]
+        # Our columns never overwrite an input column of the same name.
+        for ours in ("source", "row", "prediction", "p_positive", "error"):
+            self.names[ours] = _free_name(ours, input_columns)
+        n = self.names
+        self.columns = [n["source"], n["row"], *input_columns, n["prediction"], n["p_positive"], n["error"]]
+        self.first_source = record.source
+
+    def row(self, record: Record, label: str | None, p_positive: float | None) -> dict[str, Any]:
+        if record.error is None:
+            extra = [str(c) for c in record.columns if str(c) not in self.columns]
+            if extra:
+                raise SentimentError(f"{record.source}: has columns {', '.join(extra)} that {self.first_source} "
+                                     "does not; score inputs with different columns separately")
+        n = self.names
+        out = {c: None for c in self.columns}
+        out.update({str(k): v for k, v in record.columns.items()})
+        out.update({n["source"]: record.source, n["row"]: record.row, n["prediction"]: label,
+                    n["p_positive"]: p_positive, n["error"]: record.error})
+        return out
+
+
+@dataclass
+class Counts:
+    read: int = 0
+    written: int = 0
+    errors: int = 0
+    undecodable_rows: int = 0
+    undecodable_bytes: int = 0
+
+    def line(self) -> str:
+        text = f"rows read: {self.read}, rows written: {self.written}"
+        if self.errors:
+            text += f", error rows: {self.errors}"
+        if self.undecodable_bytes:
+            text += (f"; {self.undecodable_bytes} undecodable bytes in {self.undecodable_rows} rows "
+                     "were replaced with U+FFFD")
+        return text
+
+
+def score_rows(classifier: Classifier, records: Iterable[Record], chunk_size: int = 4096, batch_size: int = 256,
+               on_error: str = "stop", counts: Counts | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Score records chunk by chunk; yields lists of output rows in input order."""
+    counts = counts if counts is not None else Counts()
+    output = OutputRows()
+    for chunk in _chunks(records, chunk_size):
+        counts.read += len(chunk)
+        for record in chunk:
+            if record.error and on_error == "stop":
+                raise SentimentError(f"{record.error} (use --on-error skip to write it as an error row and go on)")
+            if record.undecodable:
+                counts.undecodable_rows += 1
+                counts.undecodable_bytes += record.undecodable
+        output.start(chunk)
+        good = [r for r in chunk if r.error is None]
+        proba = classifier.predict_proba([r.text for r in good], batch_size) if good else []
+        scored = iter(proba)
+        rows = []
+        for record in chunk:
+            if record.error is None:
+                p = float(next(scored)[1])
+                rows.append(output.row(record, classifier.classes_[int(p >= 0.5)], round(p, 6)))
+            else:
+                counts.errors += 1
+                rows.append(output.row(record, None, None))
+        counts.written += len(rows)
+        yield rows
+
+
+# --- writing -------------------------------------------------------------------
+
+class _CsvWriter:
+    def __init__(self, stream: IO[str]):
+        self.stream, self.writer = stream, None
+
+    def write(self, rows: list[dict]) -> None:
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.stream, fieldnames=list(rows[0]), lineterminator="\n")
+            self.writer.writeheader()
+        self.writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class _JsonlWriter:
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def write(self, rows: list[dict]) -> None:
+        self.stream.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class _ParquetWriter:
+    def __init__(self, path: str):
+        self.path, self.writer, self.schema = path, None, None
+
+    def write(self, rows: list[dict]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            table = pa.Table.from_pylist(rows)
+            # Columns that start empty (error, say) must still hold text later.
+            self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
+                                     for f in table.schema])
+            self.writer = pq.ParquetWriter(self.path, self.schema)
+        try:
+            table = pa.Table.from_pylist(rows, schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise SentimentError(f"parquet output: a column changed type between rows ({exc}); "
+                                 "use --format csv or jsonl") from None
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def score(config: ScoreConfig, classifier: Classifier) -> Counts:
+    """Run ``sentiment score``: read, score and write every input row."""
+    fmt = config.output_format()
+    check_inputs(config.inputs)
+    if fmt == "parquet" and not config.out:
+        raise SentimentError("--format parquet needs --out FILE (parquet cannot stream to a terminal)")
+    counts = Counts()
+    tmp_path = None
+    if config.out:
+        target = Path(config.out)
+        if not target.parent.exists():
+            raise SentimentError(f"--out {target}: folder {target.parent} does not exist")
+        fd, tmp_path = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    stream = None
+    try:
+        if fmt == "parquet":
+            writer = _ParquetWriter(tmp_path)
+        else:
+            stream = open(tmp_path, "w", newline="", encoding="utf-8") if tmp_path else sys.stdout
+            writer = (_CsvWriter if fmt == "csv" else _JsonlWriter)(stream)
+        bar = None
+        if config.progress or (config.progress is None and sys.stderr.isatty()):
+            from tqdm import tqdm
+
+            bar = tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        records = read_inputs(config.inputs, config.text_column)
+        wrote_any = False
+        for rows in score_rows(classifier, records, config.chunk_size, config.batch_size, config.on_error, counts):
+            writer.write(rows)
+            wrote_any = True
+            if bar is not None:
+                bar.update(len(rows))
+        if bar is not None:
+            bar.close()
+        if not wrote_any and fmt == "csv":
+            stream.write(",".join(("source", "row", "prediction", "p_positive", "error")) + "\n")
+        writer.close()
+        if stream is not None and stream is not sys.stdout:
+            stream.close()
+            stream = None
+        if tmp_path:
+            if fmt == "parquet" and not wrote_any:
+                _empty_parquet(tmp_path)
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, config.out)
+            tmp_path = None
+    finally:
+        if stream is not None and stream is not sys.stdout:
+            stream.close()
+        if tmp_path and os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+    return counts
+
+
+def _empty_parquet(path: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({c: pa.array([], pa.string()) for c in ("source", "row", "prediction", "error")}
+                            | {"p_positive": pa.array([], pa.float64())}), path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,169 @@
+"""`sentiment score` as a user runs it, on every input format."""
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_cli, write_table
+from sentiment import load_bundle
+
+POS, NEG = "wonderful superb loved it", "awful boring hated it"
+
+
+def score(*args, **kw):
+    return run_cli("-m", "sentiment", "score", *args, **kw)
+
+
+def _csv_rows(text):
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_txt_lines_in_order_with_counts(tiny_model, tmp_path):
+    path = tmp_path / "r.txt"
+    path.write_text(f"{POS}\n\n{NEG}\n")
+    result = score(path, "--model", tiny_model)
+    assert result.returncode == 0, result.stderr
+    rows = _csv_rows(result.stdout)
+    assert [r["row"] for r in rows] == ["1", "2", "3"]
+    assert [r["prediction"] for r in rows[::2]] == ["positive", "negative"]
+    expected = load_bundle(tiny_model).predict_proba([POS, "", NEG])[:, 1]
+    assert [float(r["p_positive"]) for r in rows] == pytest.approx(expected, abs=1e-6)
+    assert "rows read: 3, rows written: 3" in result.stderr
+
+
+def test_stdin_and_several_inputs(tiny_model, tmp_path):
+    path = tmp_path / "r.txt"
+    path.write_text(f"{NEG}\n")
+    result = score("-", path, "--model", tiny_model, "--format", "jsonl", input=f"{POS}\n{NEG}\n")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(l) for l in result.stdout.splitlines()]
+    assert [(r["source"], r["row"], r["prediction"]) for r in rows] == [
+        ("<stdin>", "1", "positive"), ("<stdin>", "2", "negative"), (str(path), "1", "negative")]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_table_inputs_keep_their_columns(tiny_model, tmp_path, suffix):
+    rows = [{"id": "a", "review": POS, "stars": "9"}, {"id": "b", "review": NEG, "stars": "1"}]
+    path = write_table(tmp_path / f"r{suffix}", rows)
+    out = tmp_path / "out.jsonl"
+    result = score(path, "--model", tiny_model, "--out", out)
+    assert result.returncode == 0, result.stderr
+    got = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == ["a", "b"] and [g["stars"] for g in got] == ["9", "1"]
+    assert [g["prediction"] for g in got] == ["positive", "negative"]
+    assert [g["review"] for g in got] == [POS, NEG]
+
+
+def test_folder_of_txt_files(tiny_model, tmp_path):
+    folder = tmp_path / "pos"
+    folder.mkdir()
+    (folder / "2_9.txt").write_text(POS)
+    (folder / "1_1.txt").write_text(NEG)
+    (folder / "urls.csv").write_text("ignored")
+    result = score(folder, "--model", tiny_model)
+    rows = _csv_rows(result.stdout)
+    assert [(r["row"], r["prediction"]) for r in rows] == [("1_1.txt", "negative"), ("2_9.txt", "positive")]
+
+
+def test_parquet_output(tiny_model, tmp_path):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "r.txt"
+    path.write_text(f"{POS}\n{NEG}\n")
+    out = tmp_path / "o.parquet"
+    assert score(path, "--model", tiny_model, "--out", out).returncode == 0
+    table = pq.read_table(out).to_pylist()
+    assert [r["prediction"] for r in table] == ["positive", "negative"]
+
+
+def test_every_row_survives_empty_long_and_undecodable_lines(tiny_model, tmp_path):
+    path = tmp_path / "r.txt"
+    lines = [POS.encode(), b"", b"x " * 50_000, b"bad \xff\xfe bytes " + NEG.encode(), b"\r", NEG.encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = score(path, "--model", tiny_model, "--chunk-size", "2")
+    assert result.returncode == 0, result.stderr
+    rows = _csv_rows(result.stdout)
+    assert [r["row"] for r in rows] == [str(i) for i in range(1, 7)]
+    assert all(r["prediction"] in ("positive", "negative") for r in rows)
+    assert "rows read: 6, rows written: 6; 2 undecodable bytes in 1 rows were replaced with U+FFFD" in result.stderr
+
+
+def test_malformed_rows_stop_by_default_and_become_error_rows_with_skip(tiny_model, tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"text": POS}) + "\n{broken\n" + json.dumps({"text": NEG}) + "\n")
+    result = score(path, "--model", tiny_model)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}:2: malformed json line (Expecting property name enclosed in double quotes) "
+        "(use --on-error skip to write it as an error row and go on)"]
+    result = score(path, "--model", tiny_model, "--on-error", "skip")
+    assert result.returncode == 0, result.stderr
+    rows = _csv_rows(result.stdout)
+    assert [r["row"] for r in rows] == ["1", "2", "3"]
+    assert rows[1]["prediction"] == "" and rows[1]["error"].startswith(f"{path}:2: malformed json line")
+    assert rows[2]["prediction"] == "negative"
+    assert "rows read: 3, rows written: 3, error rows: 1" in result.stderr
+
+
+def test_bad_invocations_are_one_line(tiny_model, tmp_path):
+    for args, message in [
+        ((tmp_path / "missing.txt",), "missing.txt: no such file or directory"),
+        ((tmp_path / "r.txt", "--out", tmp_path / "o.xlsx"), "cannot tell the format from the suffix"),
+        ((tmp_path / "r.txt", "--format", "parquet"), "--format parquet needs --out FILE"),
+        ((tmp_path / "r.txt", "--model", tmp_path), "config.json: missing"),
+    ]:
+        (tmp_path / "r.txt").write_text("x\n")
+        model = () if "--model" in args else ("--model", tiny_model)
+        result = score(*args, *model)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    path = write_table(tmp_path / "r.csv", [{"body": "x"}])
+    result = score(path, "--model", tiny_model)
+    assert result.returncode == 2 and "no text column (looked for text or review; columns: body)" in result.stderr
+
+
+def test_killed_run_leaves_no_partial_output(tiny_model, tmp_path):
+    path = tmp_path / "big.txt"
+    path.write_text((POS + "\n") * 300_000)
+    out = tmp_path / "scores.csv"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "sentiment", "score", str(path), "--model", str(tiny_model),
+                             "--out", str(out), "--chunk-size", "1000"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".scores.csv.") and p.stat().st_size > 0]:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_million_lines_in_flat_memory(tiny_model, tmp_path):
+    path = tmp_path / "million.txt"
+    with open(path, "w") as fh:
+        for i in range(1_000_000):
+            fh.write((POS if i % 2 else NEG) + f" {i}\n")
+    out = tmp_path / "scores.csv"
+    code = ("import resource, subprocess, sys; "
+            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.returncode); "
+            "sys.stderr.write(r.stderr)")
+    result = run_cli("-c", code, sys.executable, "-m", "sentiment", "score", path, "--model", tiny_model,
+                     "--out", out, timeout=1200)
+    peak_kb, returncode = map(int, result.stdout.split())
+    assert returncode == 0, result.stderr
+    assert "rows read: 1000000, rows written: 1000000" in result.stderr
+    assert peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+    with open(out) as fh:
+        assert sum(1 for _ in fh) == 1_000_001

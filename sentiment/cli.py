@@ -104,3 +104,23 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     _train_parser(parser)
     args = parser.parse_args(argv)
     return run(lambda: _train(args))
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """``python serve.py ...``: the web page on http://127.0.0.1:7860 by default."""
+    from .app import ServeConfig
+
+    parser = argparse.ArgumentParser(prog="serve.py", description="Serve the sentiment web page.")
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
+                        help="model bundle folder; repeat to load several and compare them "
+                             "(default: the shipped model)")
+    add_options(parser, ServeConfig)
+    args = parser.parse_args(argv)
+
+    def serve() -> int:
+        from .app import launch
+
+        launch(from_args(ServeConfig, args))
+        return 0
+
+    return run(serve)

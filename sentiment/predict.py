@@ -1,13 +1,14 @@
 """``Classifier``: a loaded model and its tokenizer, the one object every surface calls."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from .models import SentimentRNN
-from .text import Encoded, TextEncoder
+from .text import PAD_ID, UNK_ID, Encoded, TextEncoder
 
 LABELS = ("negative", "positive")
 
@@ -33,6 +34,48 @@ def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int 
             result[idx] = torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
     model.train(was_training)
     return result
+
+
+@dataclass
+class Explanation:
+    """Why the model decided as it did, word by word (occlusion: leave one word out).
+
+    ``contributions[i]`` is P(positive) with the whole review minus P(positive) without
+    word i: above 0 the word pushed towards positive, below 0 towards negative. Words the
+    model never read (cut by the length limit) contribute 0.
+    """
+
+    text: str
+    p_positive: float
+    words: list[str]                 # as written in ``text``
+    spans: list[tuple[int, int]]     # where each word is in ``text``
+    known: list[bool]                # in the vocabulary (False: read as <unk>)
+    kept: list[bool]                 # within the words the model reads
+    contributions: list[float] = field(default_factory=list)
+    method: str = "occlusion (leave one word out)"
+
+    @property
+    def truncated(self) -> bool:
+        return not all(self.kept)
+
+    def highlighted(self) -> list[tuple[str, float | None]]:
+        """The original text in pieces, each word with its contribution, for highlighting."""
+        pieces: list[tuple[str, float | None]] = []
+        at = 0
+        for (start, end), score in zip(self.spans, self.contributions):
+            if start > at:
+                pieces.append((self.text[at:start], None))
+            pieces.append((self.text[start:end], score))
+            at = end
+        if at < len(self.text):
+            pieces.append((self.text[at:], None))
+        return pieces
+
+    def top(self, n: int = 5, positive: bool = True) -> list[tuple[str, float]]:
+        """The n words that pushed hardest towards positive (or negative)."""
+        pairs = [(w, c) for w, c, k in zip(self.words, self.contributions, self.kept) if k]
+        pairs.sort(key=lambda p: p[1], reverse=positive)
+        return [p for p in pairs[:n] if (p[1] > 0 if positive else p[1] < 0)]
 
 
 class Classifier:
@@ -65,6 +108,36 @@ class Classifier:
         texts = self._as_list(texts)
         p = positive_probability(self.model, self.encoder.encode(texts), batch_size, self.device)
         return np.stack([1.0 - p, p], axis=1)
+
+    def explain(self, text: str, batch_size: int = 128) -> Explanation:
+        """Each word's contribution to P(positive), by leaving that word out."""
+        text = "" if text is None else str(text)
+        encoding = self.encoder.encode_one(text)
+        ids = encoding.ids
+        spans = self.encoder.kept_span(len(ids))
+        kept_positions = [i for a, b in spans for i in range(a, b)]
+        kept = [False] * len(ids)
+        for i in kept_positions:
+            kept[i] = True
+        read = np.array([ids[i] for i in kept_positions], dtype=np.int64)
+        n = len(read)
+        width = self.encoder.max_len
+        # Row 0 is the review as read; row j+1 leaves out word j.
+        rows = np.full((n + 1, width), PAD_ID, dtype=np.int64)
+        lengths = np.ones(n + 1, dtype=np.int64)
+        rows[0, :n] = read
+        lengths[0] = max(n, 1)
+        for j in range(n):
+            without = np.delete(read, j)
+            rows[j + 1, :n - 1] = without
+            lengths[j + 1] = max(n - 1, 1)
+        p = positive_probability(self.model, Encoded(rows, lengths, lengths.copy()), batch_size, self.device)
+        contributions = [0.0] * len(ids)
+        for j, i in enumerate(kept_positions):
+            contributions[i] = float(p[0] - p[j + 1])
+        return Explanation(text=text, p_positive=float(p[0]), words=[text[a:b] for a, b in encoding.offsets],
+                           spans=[tuple(o) for o in encoding.offsets], known=[t != UNK_ID for t in ids],
+                           kept=kept, contributions=contributions)
 
     def predict(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """The label of each review: "negative" or "positive"."""

@@ -104,6 +104,10 @@ class TextEncoder:
         head = m // 2
         return [(0, head), (n_tokens - (m - head), n_tokens)]
 
+    def encode_one(self, text: str):
+        """The full encoding of one review (ids, words, and their offsets in ``text``), uncut."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         """The normalized words of each text, before the vocabulary lookup."""
         return [[tok for tok, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(

@@ -1,0 +1,129 @@
+"""The web page, through its API (gradio_client) and in a real headless Chromium."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
+from sentiment import load_bundle  # noqa: E402
+from sentiment.app import ServeConfig, build_app  # noqa: E402
+
+POSITIVE_REVIEW = "wonderful superb the film was loved and brilliant the plot moving"
+NEGATIVE_REVIEW = "awful boring the film was hated and terrible the plot dull"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    classifiers = {"tiny": load_bundle(tiny_model), "again": load_bundle(tiny_model)}
+    demo = build_app(classifiers, ServeConfig(max_chars=5000))
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                            share=False, ssr_mode=False, quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server, analytics_enabled=False, verbose=False)
+
+
+def test_predict_endpoint_returns_both_probabilities(client, tiny_model):
+    result = client.predict(POSITIVE_REVIEW, api_name="/predict")
+    assert result["label"] == "positive"
+    confidences = {c["label"]: c["confidence"] for c in result["confidences"]}
+    expected = load_bundle(tiny_model).predict_proba([POSITIVE_REVIEW])[0]
+    assert confidences["negative"] == pytest.approx(expected[0], abs=1e-6)
+    assert confidences["positive"] == pytest.approx(expected[1], abs=1e-6)
+    assert client.predict(NEGATIVE_REVIEW, api_name="/predict")["label"] == "negative"
+
+
+def test_explain_is_faithful(client, tiny_model):
+    pieces, summary = client.predict(POSITIVE_REVIEW, api_name="/explain")
+    assert "".join(p["token"] for p in pieces) == POSITIVE_REVIEW  # the whole text, highlighted in place
+    assert "occlusion" in summary
+    top = {p["token"] for p in pieces if p["class_or_confidence"] == "strong positive"}
+    assert top and top <= set(POSITIVE_REVIEW.split())
+    # Leaving out the words it called most positive must lower P(positive).
+    clf = load_bundle(tiny_model)
+    removed = " ".join(w for w in POSITIVE_REVIEW.split() if w not in top)
+    before, after = clf.predict_proba([POSITIVE_REVIEW, removed])[:, 1]
+    assert after < before - 0.05, (before, after, top)
+
+
+def test_compare_lists_every_model(client):
+    table = client.predict(POSITIVE_REVIEW, api_name="/compare")
+    rows = table["data"] if isinstance(table, dict) else table
+    assert [r[0] for r in rows] == ["tiny", "again"]
+    assert {r[2] for r in rows} == {"positive"}
+
+
+def test_overlong_text_gets_a_clear_message(client):
+    with pytest.raises(Exception, match="limit is 5,000"):
+        client.predict("a" * 6000, api_name="/predict")
+
+
+def test_file_tab_scores_through_the_batch_scorer(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "reviews.txt"
+    path.write_text(f"{POSITIVE_REVIEW}\n\n{NEGATIVE_REVIEW}\n")
+    table, download, note = client.predict(handle_file(str(path)), api_name="/score_file")
+    assert "rows read: 3, rows written: 3" in note
+    rows = table["data"]
+    assert [r[table["headers"].index("prediction")] for r in rows][::2] == ["positive", "negative"]
+    assert Path(download).read_text().count("\n") == 4
+
+
+def test_serve_refuses_a_broken_model_in_one_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = run_cli("serve.py", "--model", tmp_path, "--port", str(free_port()))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path}/config.json: format_version None is not supported " \
+                                    "(this version of sentiment reads format_version 1)"
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (apt-get install chromium)")
+def test_in_a_real_browser(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    outside = []
+    with sync_playwright() as p:
+        chrome = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"])
+        page = chrome.new_page()
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:",
+                                                                                     "blob:")) else None)
+        page.goto(server)
+        box = page.locator("#review textarea")
+        box.press_sequentially(NEGATIVE_REVIEW)  # typed key by key, as a person would
+        expect(page.locator("#label")).to_contain_text("negative", timeout=20_000)
+        box.press("Control+a")
+        box.press_sequentially(POSITIVE_REVIEW)
+        expect(page.locator("#label")).to_contain_text("positive", timeout=20_000)
+        expect(page.locator("#why")).to_contain_text("strong positive", timeout=20_000)
+        expect(page.locator("#why")).to_contain_text("superb", timeout=20_000)
+        expect(page.locator("#saw-notice")).to_contain_text("words read", timeout=20_000)
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        print(f"screenshot: {tmp_path / 'page.png'}")
+        chrome.close()
+    assert outside == [], f"requests left 127.0.0.1: {outside}"

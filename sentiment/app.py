@@ -60,12 +60,6 @@ class ServeConfig:
                 raise SentimentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
 
 
-def _names(paths: list[str]) -> list[str]:
-    from .evaluation import _names as unique_names
-
-    return unique_names(paths)
-
-
 def model_card(name: str, clf: Classifier) -> str:
     c = clf.config
     test = (c.get("metrics") or {}).get("test") or {}
@@ -210,10 +204,10 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
 
 
 def load_models(paths: list[str]) -> dict[str, Classifier]:
-    from .bundle import default_model_dir, load_bundle
+    from .bundle import default_model_dir, load_bundle, model_names
 
     paths = paths or [str(default_model_dir())]
-    return {name: load_bundle(path) for name, path in zip(_names(paths), paths)}
+    return {name: load_bundle(path) for name, path in zip(model_names(paths), paths)}
 
 
 def launch(config: ServeConfig, **extra):

@@ -89,6 +89,13 @@ def default_model_dir() -> Path:
                          "train one with `python train.py` and pass --model DIR")
 
 
+def model_names(paths: list[str]) -> list[str]:
+    """Display names for model folders: folder names, made unique (full paths, then #2, #3 ...)."""
+    short = [Path(p).name or str(p) for p in paths]
+    names = [s if short.count(s) == 1 else str(p) for s, p in zip(short, paths)]
+    return [n if names[:i].count(n) == 0 else f"{n}#{names[:i].count(n) + 1}" for i, n in enumerate(names)]
+
+
 def read_config(path: str | Path) -> dict:
     """The bundle's ``config.json``, checked for its format version."""
     path = Path(path)

@@ -14,15 +14,16 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import SentimentError
+
+if TYPE_CHECKING:
+    import datasets
 
 DEFAULT_DATASET = "stanfordnlp/imdb"
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
@@ -348,7 +349,6 @@ def load_source(src: str | Path = DEFAULT_DATASET, *, text_column: str = "text",
     sources also have ``undecodable``, the bytes replaced while decoding that row.
     A csv/tsv/jsonl/parquet file is the ``train`` split; ``test_src`` adds ``test``.
     """
-    import datasets
 
     _quiet_datasets()
     path = Path(src)

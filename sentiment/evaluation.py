@@ -36,16 +36,9 @@ class EvaluateConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder", "metavar": "DIR"})
 
 
-def _names(paths: list[str]) -> list[str]:
-    """Column names for the table: folder names, made unique (full paths, then #2, #3 ...)."""
-    short = [Path(p).name or str(p) for p in paths]
-    names = [s if short.count(s) == 1 else str(p) for s, p in zip(short, paths)]
-    return [n if names[:i].count(n) == 0 else f"{n}#{names[:i].count(n) + 1}" for i, n in enumerate(names)]
-
-
 def evaluate(config: EvaluateConfig) -> dict[str, dict]:
     """Metrics of each model (and the baseline) on the chosen split; prints the table."""
-    from .bundle import default_model_dir, load_bundle
+    from .bundle import default_model_dir, load_bundle, model_names
 
     model_dirs = config.models or [str(default_model_dir())]
     classifiers = [load_bundle(d) for d in model_dirs]  # fail on a bad model before reading data
@@ -64,7 +57,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, dict]:
         print(note, file=sys.stderr)
     results: dict[str, dict] = {}
     probabilities: dict[str, np.ndarray] = {}
-    for name, clf in zip(_names(model_dirs), classifiers):
+    for name, clf in zip(model_names(model_dirs), classifiers):
         p = clf.predict_proba(texts, config.batch_size)[:, 1]
         probabilities[name] = p
         results[name] = classification_metrics(labels, p)
@@ -84,7 +77,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, dict]:
         print(f"plots written to {config.plot}")
     if config.json:
         payload = {"data": str(config.data), "split": split, "data_fingerprint": data_module.fingerprint(config.data),
-                   "models": {n: {"path": p} for n, p in zip(_names(model_dirs), model_dirs)}, "metrics": results}
+                   "models": {n: {"path": p} for n, p in zip(model_names(model_dirs), model_dirs)}, "metrics": results}
         tmp = Path(config.json).with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         os.replace(tmp, config.json)

@@ -10,17 +10,15 @@ The web page's file tab calls :func:`score_rows` too, so both score files the sa
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-from .data import Row, decode, iter_rows
+from .data import decode, iter_rows
 from .errors import SentimentError
 from .predict import Classifier
 

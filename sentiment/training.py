@@ -8,7 +8,6 @@ Under ``torchrun`` each process trains on its shard with DDP and only rank 0 wri
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shlex

@@ -117,7 +117,6 @@ def tiny_model(tmp_path_factory, stanford_archive) -> Path:
     config = TrainConfig(model="lstm", data=str(stanford_archive), out=str(out), epochs=8, embedding_dim=16,
                          hidden_size=16, max_len=32, batch_size=8, vocab_size=100, lr=0.01, dropout=0.1)
     import contextlib
-    import io
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         train(config)

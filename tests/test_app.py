@@ -2,14 +2,11 @@
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 gr = pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from conftest import make_reviews, write_archive, write_stanford_folder, write_table
+from conftest import write_archive, write_stanford_folder, write_table
 from sentiment.data import fingerprint, iter_rows, load_source, split_validation, undecodable_report
 from sentiment.errors import SentimentError
 

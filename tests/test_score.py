@@ -1,7 +1,6 @@
 """`sentiment score` as a user runs it, on every input format."""
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys

@@ -336,7 +336,6 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                     weights_dtype=config.weights_dtype)
 
     sum_previous_time = checkpoint.get("wall_time_s", 0.0) if checkpoint else 0.0
-    loss_fn = nn.CrossEntropyLoss()
     interrupted = False
     stopped_early = start_epoch > 0 and checkpoint.get("stopped", False)
     epoch = start_epoch
@@ -347,30 +346,11 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
             # sees exactly the batches an uninterrupted one would.
             order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
             order = order.repeat(2)[:per_rank * procs.world][procs.rank::procs.world].numpy()
-            wrapped.train()
-            seen, total_loss, correct = 0, 0.0, 0
             tick = time.time()
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="step",
                        disable=not procs.main, dynamic_ncols=True, leave=False, file=sys.stderr)
-            for start in range(0, len(order), config.batch_size):
-                idx = order[start:start + config.batch_size]
-                lengths = torch.from_numpy(train_enc.lengths[idx])
-                ids = torch.from_numpy(train_enc.ids[idx, :int(lengths.max())]).to(device)
-                labels = torch.from_numpy(train_labels[idx]).to(device)
-                logits = wrapped(ids, lengths)
-                loss = loss_fn(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                schedule.step()
-                seen += len(idx)
-                total_loss += loss.item() * len(idx)
-                correct += int((logits.argmax(-1) == labels).sum())
-                bar.update(1)
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}",
-                                reviews_s=f"{seen * procs.world / (time.time() - tick):.0f}")
+            seen, total_loss, correct = run_epoch(wrapped, optimizer, schedule, train_enc, train_labels, order,
+                                                  config.batch_size, config.grad_clip, device, bar, procs.world)
             bar.close()
             val = _evaluate(model, val_enc, val_labels, 256, device)
             record = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
@@ -434,6 +414,37 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                              f"({best['epoch']}), {time.time() - started + sum_previous_time:.0f}s in all:"))
     print(f"model saved to {run_dir}")
     return run_dir
+
+
+def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray, order: np.ndarray,
+              batch_size: int, grad_clip: float, device, bar=None, world: int = 1) -> tuple[int, float, int]:
+    """One pass over ``order``'s reviews; returns (reviews seen, summed loss, correct predictions)."""
+    model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    seen, total_loss, correct = 0, 0.0, 0
+    tick = time.time()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        lengths = torch.from_numpy(encoded.lengths[idx])
+        # Batches are cut to their longest review: no step runs over padding alone.
+        ids = torch.from_numpy(encoded.ids[idx, :int(lengths.max())]).to(device)
+        targets = torch.from_numpy(labels[idx]).to(device)
+        logits = model(ids, lengths)
+        loss = nn.functional.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(parameters, grad_clip)
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        seen += len(idx)
+        total_loss += loss.item() * len(idx)
+        correct += int((logits.argmax(-1) == targets).sum())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", reviews_s=f"{seen * world / (time.time() - tick):.0f}")
+    return seen, total_loss, correct
 
 
 def _evaluate_state(model, state, encoded, labels, device) -> dict:

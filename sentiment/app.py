@@ -12,6 +12,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import csv  # noqa: E402
+import gc  # noqa: E402
 import tempfile  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -51,6 +52,8 @@ class ServeConfig:
                                                       "metavar": "N"})
     max_upload_mb: int = field(default=20, metadata={"help": "largest file accepted by the file tab, in MB",
                                                      "metavar": "MB"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto: bfloat16 where the CPU/GPU has it, else float32", "choices": ("auto", "float32", "bfloat16")})
     concurrency: int = field(default=4, metadata={"help": "requests computed at once; the rest wait in a queue",
                                                   "metavar": "N"})
 
@@ -203,14 +206,21 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
     return demo
 
 
-def load_models(paths: list[str]) -> dict[str, Classifier]:
+def load_models(paths: list[str], precision: str = "float32") -> dict[str, Classifier]:
     from .bundle import default_model_dir, load_bundle, model_names
 
     paths = paths or [str(default_model_dir())]
-    return {name: load_bundle(path) for name, path in zip(model_names(paths), paths)}
+    return {name: load_bundle(path, precision=precision) for name, path in zip(model_names(paths), paths)}
 
 
 def launch(config: ServeConfig, **extra):
-    demo = build_app(load_models(config.models), config)
+    classifiers = load_models(config.models, config.precision)
+    for clf in classifiers.values():
+        clf.warm_up()
+    demo = build_app(classifiers, config)
+    # What is loaded now lives as long as the server: keep it out of the garbage
+    # collector's full passes, which otherwise pause every request now and then.
+    gc.collect()
+    gc.freeze()
     return demo.launch(server_name=config.host, server_port=config.port, share=config.share, ssr_mode=False,
                        max_file_size=f"{config.max_upload_mb}mb", **extra)

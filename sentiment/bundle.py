@@ -118,8 +118,13 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
-def load_bundle(path: str | Path, device: str = "cpu") -> Classifier:
-    """Load a bundle directory as a ready-to-use :class:`Classifier`."""
+def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32") -> Classifier:
+    """Load a bundle directory as a ready-to-use :class:`Classifier`.
+
+    ``precision="auto"`` computes in bfloat16 where the hardware has it: about twice as
+    fast on such CPUs, with the same label for >= 99.5% of reviews (bench/score.py
+    measures it); ``float32`` reproduces the metrics recorded at training exactly.
+    """
     path = Path(path)
     config = read_config(path)
     try:
@@ -154,4 +159,4 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Classifier:
             raise SentimentError(f"{weights}: tensor {name} has shape {tuple(state[name].shape)}, "
                                  f"{CONFIG} implies {tuple(tensor.shape)}")
     model.load_state_dict({k: v.float() for k, v in state.items()})
-    return Classifier(model, encoder, config, str(path), device)
+    return Classifier(model, encoder, config, str(path), device, precision)

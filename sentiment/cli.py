@@ -41,7 +41,7 @@ def _score(args: argparse.Namespace) -> int:
 
     config = from_args(ScoreConfig, args, inputs=args.inputs)
     config.output_format()  # a bad --out/--format fails before the model loads
-    classifier = load_bundle(config.model or default_model_dir())
+    classifier = load_bundle(config.model or default_model_dir(), precision=config.precision)
     counts = score(config, classifier)
     print(counts.line(), file=sys.stderr)
     return 0

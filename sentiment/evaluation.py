@@ -32,6 +32,9 @@ class EvaluateConfig:
         "help": "write confusion-matrix and ROC-curve PNGs into this folder", "metavar": "DIR"})
     json: str | None = field(default=None, metadata={"help": "write the metrics to this JSON file",
                                                      "metavar": "FILE"})
+    precision: str = field(default="float32", metadata={
+        "help": "float32 reproduces the metrics recorded at training exactly; auto uses bfloat16 where fast",
+        "choices": ("auto", "float32", "bfloat16")})
     batch_size: int = field(default=256, metadata={"help": "reviews per forward pass", "metavar": "N"})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder", "metavar": "DIR"})
 
@@ -41,7 +44,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, dict]:
     from .bundle import default_model_dir, load_bundle, model_names
 
     model_dirs = config.models or [str(default_model_dir())]
-    classifiers = [load_bundle(d) for d in model_dirs]  # fail on a bad model before reading data
+    classifiers = [load_bundle(d, precision=config.precision) for d in model_dirs]  # fail on a bad model before reading data
     splits = data_module.load_source(config.data, text_column=config.text_column,
                                      label_column=config.label_column, cache_dir=config.cache_dir)
     split = config.split or ("test" if "test" in splits else "train")

@@ -108,7 +108,7 @@ class RecurrentLayers(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [batch, time, input] -> outputs [batch, time, H*dirs] (0 past each length), last state."""
+        """x [batch, time, input] -> outputs [batch, time, H*dirs] (meaningless past each length), last state."""
         rows = torch.arange(x.shape[0], device=x.device)
         last_step = (lengths.to(x.device) - 1).clamp(min=0)
         layer_input = x
@@ -123,9 +123,10 @@ class RecurrentLayers(nn.Module):
                 # Reading backwards, the whole review has been seen at its first token.
                 outputs.append(backward_out)
                 lasts.append(backward_out[:, 0])
-            layer_input = torch.cat(outputs, dim=-1)
-        real = torch.arange(x.shape[1], device=x.device)[None, :, None] < lengths.to(x.device)[:, None, None]
-        return layer_input * real, torch.cat(lasts, dim=-1)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+        # Outputs past a review's end are left as computed: they never flow back into real
+        # positions, and summarize() masks them.
+        return layer_input, lasts[0] if len(lasts) == 1 else torch.cat(lasts, dim=-1)
 
 
 class SentimentRNN(nn.Module):
@@ -146,14 +147,17 @@ class SentimentRNN(nn.Module):
         self.head = nn.Linear(3 * c.hidden_size * c.directions, 2)
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token outputs [batch, time, H*dirs] (zero at padding) and the last state [batch, H*dirs]."""
+        """Per-token outputs [batch, time, H*dirs] (meaningless at padding) and the last state [batch, H*dirs]."""
         return self.encoder(self.dropout(self.embedding(ids)), lengths)
 
     def summarize(self, out: torch.Tensor, last: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[last, max, mean] over each review's real tokens; padding positions never count."""
         steps = out.shape[1]
-        real = (torch.arange(steps, device=out.device)[None, :] < lengths.to(out.device)[:, None]).unsqueeze(-1)
-        maxed = out.masked_fill(~real, float("-inf")).max(dim=1).values
-        mean = out.sum(dim=1) / lengths.to(out.device, out.dtype)[:, None]
+        real = torch.arange(steps, device=out.device)[None, :] < lengths.to(out.device)[:, None]  # [batch, time]
+        maxed = out.masked_fill(~real.unsqueeze(-1), float("-inf")).amax(dim=1)
+        # A masked sum as one batched matrix-vector product: no masked copy of `out`.
+        weights = real.to(out.dtype) / lengths.to(out.device, out.dtype)[:, None]
+        mean = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
         return torch.cat([last, maxed, mean], dim=-1)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

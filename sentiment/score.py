@@ -43,6 +43,9 @@ class ScoreConfig:
     on_error: str = field(default="stop", metadata={
         "help": "a malformed row stops the run with its file and line (stop), or becomes an error row (skip)",
         "choices": ("stop", "skip")})
+    precision: str = field(default="auto", metadata={
+        "help": "auto: bfloat16 where the CPU/GPU has it (about 2x faster), else float32",
+        "choices": ("auto", "float32", "bfloat16")})
     chunk_size: int = field(default=4096, metadata={"help": "rows read and scored at a time", "metavar": "N"})
     batch_size: int = field(default=256, metadata={"help": "reviews per forward pass", "metavar": "N"})
     progress: bool | None = field(default=None, metadata={

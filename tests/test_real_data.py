@@ -22,3 +22,18 @@ def test_lstm_learns_in_one_epoch_on_3000_real_reviews(tmp_path):
     metrics = json.loads((out / "config.json").read_text())["metrics"]
     assert metrics["validation"]["accuracy"] >= 0.70, metrics["validation"]
     assert metrics["test"]["accuracy"] >= 0.65, metrics["test"]
+
+
+@pytest.mark.slow
+def test_shipped_default_model_bfloat16_agrees_with_float32():
+    import numpy as np
+
+    from sentiment import load_bundle
+    from sentiment.bundle import default_model_dir
+    from sentiment.data import load_source
+
+    texts = load_source(SHARED_IMDB)["test"].shuffle(seed=0)["text"][:2000]
+    full = load_bundle(default_model_dir()).predict_proba(texts)[:, 1]
+    fast = load_bundle(default_model_dir(), precision="bfloat16").predict_proba(texts)[:, 1]
+    assert np.mean((full >= 0.5) == (fast >= 0.5)) >= 0.995
+    assert np.abs(full - fast).max() < 0.05

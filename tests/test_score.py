@@ -28,7 +28,7 @@ def _csv_rows(text):
 def test_txt_lines_in_order_with_counts(tiny_model, tmp_path):
     path = tmp_path / "r.txt"
     path.write_text(f"{POS}\n\n{NEG}\n")
-    result = score(path, "--model", tiny_model)
+    result = score(path, "--model", tiny_model, "--precision", "float32")
     assert result.returncode == 0, result.stderr
     rows = _csv_rows(result.stdout)
     assert [r["row"] for r in rows] == ["1", "2", "3"]
@@ -36,6 +36,10 @@ def test_txt_lines_in_order_with_counts(tiny_model, tmp_path):
     expected = load_bundle(tiny_model).predict_proba([POS, "", NEG])[:, 1]
     assert [float(r["p_positive"]) for r in rows] == pytest.approx(expected, abs=1e-6)
     assert "rows read: 3, rows written: 3" in result.stderr
+    # The default precision (bfloat16 where the CPU has it) gives the same labels.
+    default = _csv_rows(score(path, "--model", tiny_model).stdout)
+    assert [r["prediction"] for r in default] == [r["prediction"] for r in rows]
+    assert [float(r["p_positive"]) for r in default] == pytest.approx(expected, abs=0.02)
 
 
 def test_stdin_and_several_inputs(tiny_model, tmp_path):

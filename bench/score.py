@@ -91,7 +91,7 @@ def measure_model(model_dir: str, data: str, naive_n: int) -> dict:
     agree = float(np.mean((naive >= 0.5) == (proba[:naive_n] >= 0.5)))
     float32_seconds = timings["float32"][0]
     return {
-        "path": model_dir, "kind": clf.config["model"]["kind"], "reviews": len(texts),
+        "path": os.path.relpath(model_dir, ROOT), "kind": clf.config["model"]["kind"], "reviews": len(texts),
         "precision": fast_precision, "seconds": round(seconds, 3), "reviews_per_s": round(len(texts) / seconds, 1),
         "useful_gflop": round(flops / 1e9, 2), "useful_gflops_per_s": round(flops / seconds / 1e9, 2),
         "float32_seconds": round(float32_seconds, 3),

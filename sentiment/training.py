@@ -313,6 +313,12 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
     else:
         torch.manual_seed(config.seed + procs.rank)
 
+    # Wall time counts every attempt of a resumed run, not just the last.
+    earlier_time = checkpoint.get("wall_time_s", 0.0) if checkpoint else 0.0
+
+    def wall_time() -> float:
+        return time.time() - started + earlier_time
+
     base_config = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "training": asdict(config),
@@ -329,13 +335,11 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                                                     "trained": {"best_epoch": best["epoch"],
                                                                 "epochs_run": len(history),
                                                                 "finished": finished,
-                                                                "wall_time_s": round(time.time() - started
-                                                                                     + sum_previous_time, 1),
+                                                                "wall_time_s": round(wall_time(), 1),
                                                                 "date": datetime.now(timezone.utc).isoformat(
                                                                     timespec="seconds")}},
                     weights_dtype=config.weights_dtype)
 
-    sum_previous_time = checkpoint.get("wall_time_s", 0.0) if checkpoint else 0.0
     interrupted = False
     stopped_early = start_epoch > 0 and checkpoint.get("stopped", False)
     epoch = start_epoch
@@ -377,7 +381,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                               "history": history, "best": best, "best_model": best_state,
                               "bad_epochs": bad_epochs, "stopped": stopped_early,
                               "rng": _gather_rng(procs),
-                              "wall_time_s": time.time() - started + sum_previous_time}, run_dir / CHECKPOINT)
+                              "wall_time_s": wall_time()}, run_dir / CHECKPOINT)
                 plot_history(history, run_dir / "curves.png")
                 (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
             elif procs.world > 1:
@@ -411,7 +415,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
     save_best({"metrics": metrics}, finished=True)
     print(format_table({config.model: metrics.get("test", metrics["validation"])},
                        title=f"{'test' if 'test' in metrics else 'validation'} metrics of the best epoch "
-                             f"({best['epoch']}), {time.time() - started + sum_previous_time:.0f}s in all:"))
+                             f"({best['epoch']}), {wall_time():.0f}s in all:"))
     print(f"model saved to {run_dir}")
     return run_dir
 

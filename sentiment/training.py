@@ -70,6 +70,12 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=_opt("clip the gradient norm to this (0: off)", metavar="NORM"))
     patience: int = field(default=3, metadata=_opt(
         "stop after this many epochs without a better validation accuracy", metavar="N"))
+    pretrain: str | None = field(default=None, metadata=_opt(
+        "first train the embedding and encoder as a language model on train + unlabelled reviews",
+        choices=("lm",)))
+    pretrain_epochs: int = field(default=1, metadata=_opt("language-model epochs with --pretrain lm", metavar="N"))
+    init_from: str | None = field(default=None, metadata=_opt(
+        "start from the language model (and tokenizer) of an earlier --pretrain lm run folder", metavar="RUN_DIR"))
     validation_fraction: float = field(default=0.1, metadata=_opt(
         "share of train held out for validation (test is never used for choices)", metavar="F"))
     train_subset: int | None = field(default=None, metadata=_opt(
@@ -85,7 +91,7 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("vocab_size", "max_len", "embedding_dim", "hidden_size", "num_layers", "epochs",
-                    "batch_size", "patience")
+                    "batch_size", "patience", "pretrain_epochs")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SentimentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
@@ -102,6 +108,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < (2 if name == "train_subset" else 0):
                 raise SentimentError(f"--{name.replace('_', '-')} is too small (got {value})")
+        if self.pretrain and self.init_from:
+            raise SentimentError("--pretrain and --init-from exclude each other: pretrain here, or start from "
+                                 "an earlier run's language model")
         if self.model not in MODEL_KINDS:
             raise SentimentError(f"--model must be one of {', '.join(MODEL_KINDS)} (got {self.model!r})")
 
@@ -228,7 +237,7 @@ def prepare_data(config: TrainConfig, procs: Processes):
     report = data_module.undecodable_report(splits)
     if report and procs.main:
         print(report, file=sys.stderr)
-    return train, validation, test
+    return train, validation, test, splits.get("unsup")
 
 
 # --- training --------------------------------------------------------------------
@@ -270,9 +279,12 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
     run_dir = Path(resume or procs.share(config.out or _default_out(config)))
     started = time.time()
 
-    train_rows, val_rows, test_rows = prepare_data(config, procs)
+    train_rows, val_rows, test_rows, unlabelled = prepare_data(config, procs)
     if checkpoint is not None:
         encoder = TextEncoder.load(run_dir / "tokenizer.json", config.max_len, config.truncate)
+    elif config.init_from:
+        # The pretrained embedding rows only mean something with the vocabulary they learned.
+        encoder = TextEncoder.load(Path(config.init_from) / "tokenizer.json", config.max_len, config.truncate)
     else:
         # Every rank learns the same vocabulary from the same rows; no file exchange needed.
         tokenizer = train_tokenizer(iter(train_rows["text"]), config.vocab_size, length=len(train_rows))
@@ -290,6 +302,21 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
 
     torch.manual_seed(config.seed)
     model = SentimentRNN(config.model_config(encoder.vocab_size)).to(device)
+    if checkpoint is None and config.init_from:
+        from .pretrain import load_lm_into
+
+        load_lm_into(model, Path(config.init_from))
+        say(f"embedding and encoder initialised from {Path(config.init_from) / 'lm.safetensors'}")
+    elif checkpoint is None and config.pretrain == "lm":
+        from .pretrain import LM_WEIGHTS, pretrain, save_lm
+
+        texts = list(train_rows["text"]) + ([] if unlabelled is None else list(unlabelled["text"]))
+        say(f"language model: {len(texts)} reviews ({len(train_rows)} train + "
+            f"{0 if unlabelled is None else len(unlabelled)} unlabelled), {config.pretrain_epochs} epoch(s)")
+        pretrain(model, encoder.encode(texts), config.pretrain_epochs, config.batch_size, config.lr, config.seed,
+                 device, show=procs.main)
+        if procs.main:
+            save_lm(model, run_dir / LM_WEIGHTS)
     wrapped = model
     if procs.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device_kind == "cuda" else None)

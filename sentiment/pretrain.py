@@ -1,0 +1,127 @@
+"""Language-model pretraining: the embedding and encoder first learn to predict words.
+
+``train.py --pretrain lm`` trains the classifier's own embedding and encoder as a
+next-word model on the training reviews plus the unlabelled ones (the ``unsup`` split:
+50,000 reviews in the IMDB archive), then trains the classifier from those weights; the
+result is saved as ``lm.safetensors`` in the run folder. ``--init-from RUN`` starts a
+new classifier from such a file (and its run's tokenizer, so word ids mean the same).
+For ``bilstm`` the forward direction predicts the next word and the backward direction
+the previous one.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from .errors import SentimentError
+from .models import SentimentRNN
+from .text import PAD_ID, Encoded
+
+LM_WEIGHTS = "lm.safetensors"
+SHARED_PREFIXES = ("embedding.", "encoder.")
+
+
+class LanguageModel(nn.Module):
+    """The classifier's embedding and encoder with a word-prediction head per direction."""
+
+    def __init__(self, classifier: SentimentRNN):
+        super().__init__()
+        c = classifier.config
+        if c.kind == "bilstm" and c.num_layers > 1:
+            # Above the first layer each direction sees the other's state, which has read
+            # the very word it must predict.
+            raise SentimentError("--pretrain lm supports bilstm with --num-layers 1 only")
+        self.classifier = classifier
+        self.heads = nn.ModuleList(nn.Linear(c.hidden_size, c.vocab_size) for _ in range(c.directions))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of predicting each real word from the words before (or after) it."""
+        out, _ = self.classifier.encode(ids, lengths)
+        hidden = self.classifier.config.hidden_size
+        steps = ids.shape[1]
+        real = torch.arange(steps, device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
+        targets = ids.masked_fill(~real, PAD_ID)
+        # Forward: the state at t predicts word t+1. Backward: the state at t predicts word t-1.
+        pairs = [(out[:, :-1, :hidden], targets[:, 1:])]
+        if len(self.heads) == 2:
+            # Only states at real positions predict: past the end, the word before is real
+            # but the state there has read padding.
+            pairs.append((out[:, 1:, hidden:], targets[:, :-1].masked_fill(~real[:, 1:], PAD_ID)))
+        losses = [nn.functional.cross_entropy(head(states).flatten(0, 1), goal.flatten(), ignore_index=PAD_ID)
+                  for head, (states, goal) in zip(self.heads, pairs)]
+        return sum(losses) / len(losses)
+
+
+def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int, lr: float, seed: int,
+             device, show: bool = True) -> list[float]:
+    """Train ``model``'s embedding and encoder as a language model; returns the loss per epoch."""
+    lm = LanguageModel(model).to(device)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
+    n = len(encoded.lengths)
+    steps = -(-n // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps)
+    losses = []
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + 500 + epoch)).numpy()
+        lm.train()
+        total, seen, tick = 0.0, 0, time.time()
+        bar = tqdm(total=steps, desc=f"language model {epoch}/{epochs}", unit="step", disable=not show,
+                   dynamic_ncols=True, leave=False, file=sys.stderr)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            lengths = torch.from_numpy(encoded.lengths[idx])
+            ids = torch.from_numpy(encoded.ids[idx, :int(lengths.max())]).to(device)
+            loss = lm(ids, lengths)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / seen:.3f}", reviews_s=f"{seen / (time.time() - tick):.0f}")
+        bar.close()
+        losses.append(total / seen)
+        if show:
+            print(f"language model epoch {epoch}/{epochs}: loss {losses[-1]:.4f} "
+                  f"(perplexity {float(np.exp(losses[-1])):.0f}) | {time.time() - tick:.0f}s")
+    return losses
+
+
+def shared_state(model: SentimentRNN) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(SHARED_PREFIXES)}
+
+
+def save_lm(model: SentimentRNN, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(shared_state(model), str(tmp), metadata={"kind": model.config.kind})
+    tmp.replace(path)
+
+
+def load_lm_into(model: SentimentRNN, folder: Path) -> None:
+    """Copy a pretrained embedding and encoder from ``folder/lm.safetensors`` into ``model``."""
+    path = Path(folder) / LM_WEIGHTS
+    if not path.is_file():
+        raise SentimentError(f"{path}: missing; --init-from needs a run folder trained with --pretrain lm")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise SentimentError(f"{path}: not a valid safetensors file ({exc})") from None
+    expected = shared_state(model)
+    if set(state) != set(expected):
+        raise SentimentError(f"{path}: its tensors are not those of a {model.config.kind} model "
+                             f"with {model.config.num_layers} layer(s); use the same --model and sizes")
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise SentimentError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, this model's is "
+                                 f"{tuple(tensor.shape)}; use the sizes it was pretrained with")
+    model.load_state_dict(state, strict=False)

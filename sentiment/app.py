@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import csv  # noqa: E402
 import gc  # noqa: E402
+import socket  # noqa: E402
 import tempfile  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -222,5 +223,15 @@ def launch(config: ServeConfig, **extra):
     # collector's full passes, which otherwise pause every request now and then.
     gc.collect()
     gc.freeze()
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server itself binds
+        try:
+            probe.bind((config.host, config.port))
+        except OSError as exc:
+            raise SentimentError(f"cannot listen on {config.host}:{config.port} ({exc.strerror}); "
+                                 "pass another --port") from None
+    print(f"serving {', '.join(f'{n} ({c.path})' for n, c in classifiers.items())} on "
+          f"http://{config.host}:{config.port}/ (Ctrl-C to stop{'' if config.share else '; --share for a public link'})",
+          flush=True)
     return demo.launch(server_name=config.host, server_port=config.port, share=config.share, ssr_mode=False,
-                       max_file_size=f"{config.max_upload_mb}mb", **extra)
+                       max_file_size=f"{config.max_upload_mb}mb", quiet=not config.share, **extra)

@@ -124,3 +124,14 @@ def test_in_a_real_browser(server, tmp_path):
         print(f"screenshot: {tmp_path / 'page.png'}")
         chrome.close()
     assert outside == [], f"requests left 127.0.0.1: {outside}"
+
+
+def test_serve_says_when_its_port_is_taken(tiny_model):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve.py", "--model", tiny_model, "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); " \
+                                    "pass another --port"

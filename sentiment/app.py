@@ -107,8 +107,8 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
         if not text.strip():
             return [], "Type or paste a review to see which words drove the prediction."
         e = main.explain(text)
-        pieces = [(piece, contribution_class(score, scale)) for piece, score in e.highlighted()
-                  for scale in [max((abs(c) for c in e.contributions), default=0.0)]]
+        scale = max((abs(c) for c in e.contributions), default=0.0)
+        pieces = [(piece, contribution_class(score, scale)) for piece, score in e.highlighted()]
         pos = ", ".join(f"**{w}** (+{c:.3f})" for w, c in e.top(5, positive=True)) or "none"
         neg = ", ".join(f"**{w}** ({c:.3f})" for w, c in e.top(5, positive=False)) or "none"
         summary = (f"Towards positive: {pos}.  \nTowards negative: {neg}.  \n"
@@ -118,9 +118,9 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
 
     def seen(text: str):
         text = check(text)
-        e = main.explain(text) if text.strip() else None
-        if e is None:
+        if not text.strip():
             return [], ""
+        e = main.read(text)
         tokens = [(w.lower() + " ", "cut" if not k else ("<unk>" if not known else "read"))
                   for w, known, k in zip(e.words, e.known, e.kept)]
         unknown = sum(1 for known, k in zip(e.known, e.kept) if k and not known)

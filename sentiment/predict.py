@@ -80,6 +80,7 @@ class Explanation:
     known: list[bool]                # in the vocabulary (False: read as <unk>)
     kept: list[bool]                 # within the words the model reads
     contributions: list[float] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # vocabulary ids, <unk> = 0
     method: str = "occlusion (leave one word out)"
 
     @property
@@ -139,17 +140,22 @@ class Classifier:
         p = positive_probability(self.model, self.encoder.encode(texts), batch_size, self.device)
         return np.stack([1.0 - p, p], axis=1)
 
-    def explain(self, text: str, batch_size: int = 128) -> Explanation:
-        """Each word's contribution to P(positive), by leaving that word out."""
+    def read(self, text: str) -> Explanation:
+        """The words of ``text`` as the model reads them (known or ``<unk>``, kept or cut), without scores."""
         text = "" if text is None else str(text)
         encoding = self.encoder.encode_one(text)
-        ids = encoding.ids
-        spans = self.encoder.kept_span(len(ids))
-        kept_positions = [i for a, b in spans for i in range(a, b)]
-        kept = [False] * len(ids)
-        for i in kept_positions:
-            kept[i] = True
-        read = np.array([ids[i] for i in kept_positions], dtype=np.int64)
+        kept = [False] * len(encoding.ids)
+        for a, b in self.encoder.kept_span(len(encoding.ids)):
+            kept[a:b] = [True] * (b - a)
+        return Explanation(text=text, p_positive=float("nan"), words=[text[a:b] for a, b in encoding.offsets],
+                           spans=[tuple(o) for o in encoding.offsets], known=[t != UNK_ID for t in encoding.ids],
+                           kept=kept, contributions=[0.0] * len(encoding.ids), ids=list(encoding.ids))
+
+    def explain(self, text: str, batch_size: int = 128) -> Explanation:
+        """Each word's contribution to P(positive), by leaving that word out."""
+        e = self.read(text)
+        kept_positions = [i for i, k in enumerate(e.kept) if k]
+        read = np.array([e.ids[i] for i in kept_positions], dtype=np.int64)
         n = len(read)
         width = self.encoder.max_len
         # Row 0 is the review as read; row j+1 leaves out word j.
@@ -158,16 +164,13 @@ class Classifier:
         rows[0, :n] = read
         lengths[0] = max(n, 1)
         for j in range(n):
-            without = np.delete(read, j)
-            rows[j + 1, :n - 1] = without
+            rows[j + 1, :n - 1] = np.delete(read, j)
             lengths[j + 1] = max(n - 1, 1)
         p = positive_probability(self.model, Encoded(rows, lengths, lengths.copy()), batch_size, self.device)
-        contributions = [0.0] * len(ids)
+        e.p_positive = float(p[0])
         for j, i in enumerate(kept_positions):
-            contributions[i] = float(p[0] - p[j + 1])
-        return Explanation(text=text, p_positive=float(p[0]), words=[text[a:b] for a, b in encoding.offsets],
-                           spans=[tuple(o) for o in encoding.offsets], known=[t != UNK_ID for t in ids],
-                           kept=kept, contributions=contributions)
+            e.contributions[i] = float(p[0] - p[j + 1])
+        return e
 
     def warm_up(self) -> None:
         """Run one review of every padded width through the model, so no user waits for kernel set-up."""

@@ -118,6 +118,22 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or one clear error naming the file."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SentimentError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def shape_mismatch(state: dict, expected: dict) -> tuple[str, tuple, tuple] | None:
+    """The first tensor of ``expected`` whose shape ``state`` does not match: (name, found, wanted)."""
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            return name, tuple(state[name].shape), tuple(tensor.shape)
+    return None
+
+
 def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32") -> Classifier:
     """Load a bundle directory as a ready-to-use :class:`Classifier`.
 
@@ -143,10 +159,7 @@ def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32
     if expected_hash and _sha256(weights) != expected_hash:
         raise SentimentError(f"{weights}: content does not match the sha256 recorded in {CONFIG} "
                              "(truncated, or replaced by another model's weights)")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SentimentError(f"{weights}: not a valid safetensors file ({exc})") from None
+    state = read_tensors(weights)
     model = SentimentRNN(model_config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -154,9 +167,9 @@ def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32
     if missing or unexpected:
         raise SentimentError(f"{weights}: tensors do not match a {model_config.kind} model "
                              f"(missing: {', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'})")
-    for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
-            raise SentimentError(f"{weights}: tensor {name} has shape {tuple(state[name].shape)}, "
-                                 f"{CONFIG} implies {tuple(tensor.shape)}")
+    mismatch = shape_mismatch(state, expected)
+    if mismatch:
+        name, got, want = mismatch
+        raise SentimentError(f"{weights}: tensor {name} has shape {got}, {CONFIG} implies {want}")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return Classifier(model, encoder, config, str(path), device, precision)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from .bundle import read_tensors, shape_mismatch
 from .errors import SentimentError
 from .models import SentimentRNN
 from .text import PAD_ID, Encoded
@@ -112,16 +112,14 @@ def load_lm_into(model: SentimentRNN, folder: Path) -> None:
     path = Path(folder) / LM_WEIGHTS
     if not path.is_file():
         raise SentimentError(f"{path}: missing; --init-from needs a run folder trained with --pretrain lm")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise SentimentError(f"{path}: not a valid safetensors file ({exc})") from None
+    state = read_tensors(path)
     expected = shared_state(model)
     if set(state) != set(expected):
         raise SentimentError(f"{path}: its tensors are not those of a {model.config.kind} model "
                              f"with {model.config.num_layers} layer(s); use the same --model and sizes")
-    for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
-            raise SentimentError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, this model's is "
-                                 f"{tuple(tensor.shape)}; use the sizes it was pretrained with")
+    mismatch = shape_mismatch(state, expected)
+    if mismatch:
+        name, got, want = mismatch
+        raise SentimentError(f"{path}: tensor {name} has shape {got}, this model's is {want}; "
+                             "use the sizes it was pretrained with")
     model.load_state_dict(state, strict=False)

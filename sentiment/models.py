@@ -36,6 +36,7 @@ class ModelConfig:
     hidden_size: int = 256
     num_layers: int = 1
     dropout: float = 0.4
+    word_dropout: float = 0.0
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -43,8 +44,9 @@ class ModelConfig:
         for name in ("vocab_size", "embedding_dim", "hidden_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise SentimentError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if not 0 <= self.dropout < 1:
-            raise SentimentError(f"dropout must be in [0, 1) (got {self.dropout})")
+        for name in ("dropout", "word_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SentimentError(f"{name} must be in [0, 1) (got {getattr(self, name)})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,7 +150,14 @@ class SentimentRNN(nn.Module):
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token outputs [batch, time, H*dirs] (meaningless at padding) and the last state [batch, H*dirs]."""
-        return self.encoder(self.dropout(self.embedding(ids)), lengths)
+        embedded = self.embedding(ids)
+        p = self.config.word_dropout
+        if self.training and p > 0:
+            # Whole words vanish (one mask value per token, shared by its features), so the
+            # model cannot lean on a few telltale words.
+            keep = embedded.new_empty(embedded.shape[:2] + (1,)).bernoulli_(1 - p) / (1 - p)
+            embedded = embedded * keep
+        return self.encoder(self.dropout(embedded), lengths)
 
     def summarize(self, out: torch.Tensor, last: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """[last, max, mean] over each review's real tokens; padding positions never count."""

@@ -55,14 +55,19 @@ class LanguageModel(nn.Module):
             # Only states at real positions predict: past the end, the word before is real
             # but the state there has read padding.
             pairs.append((out[:, 1:, hidden:], targets[:, :-1].masked_fill(~real[:, 1:], PAD_ID)))
-        losses = [nn.functional.cross_entropy(head(states).flatten(0, 1), goal.flatten(), ignore_index=PAD_ID)
+        losses = [nn.functional.cross_entropy(head(states).flatten(0, 1).float(), goal.flatten(), ignore_index=PAD_ID)
                   for head, (states, goal) in zip(self.heads, pairs)]
         return sum(losses) / len(losses)
 
 
 def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int, lr: float, seed: int,
-             device, show: bool = True) -> list[float]:
-    """Train ``model``'s embedding and encoder as a language model; returns the loss per epoch."""
+             device, show: bool = True, dtype: torch.dtype = torch.float32) -> list[float]:
+    """Train ``model``'s embedding and encoder as a language model; returns the loss per epoch.
+
+    Batches and arithmetic as in classifier training (``epoch_order``'s length-sorted batches,
+    autocast to ``dtype``)."""
+    from .training import epoch_order
+
     lm = LanguageModel(model).to(device)
     optimizer = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
     n = len(encoded.lengths)
@@ -70,7 +75,7 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps)
     losses = []
     for epoch in range(1, epochs + 1):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + 500 + epoch)).numpy()
+        order = epoch_order(n, batch_size, seed, 500 + epoch, encoded.lengths)
         lm.train()
         total, seen, tick = 0.0, 0, time.time()
         bar = tqdm(total=steps, desc=f"language model {epoch}/{epochs}", unit="step", disable=not show,
@@ -79,7 +84,8 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
             idx = order[start:start + batch_size]
             lengths = torch.from_numpy(encoded.lengths[idx])
             ids = torch.from_numpy(encoded.ids[idx, :int(lengths.max())]).to(device)
-            loss = lm(ids, lengths)
+            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = lm(ids, lengths)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(lm.parameters(), 1.0)

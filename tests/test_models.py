@@ -99,3 +99,22 @@ def test_bad_model_parameters_are_named():
         ModelConfig(kind="gru")
     with pytest.raises(SentimentError, match="hidden_size"):
         ModelConfig(hidden_size=0)
+    with pytest.raises(SentimentError, match="word_dropout"):
+        ModelConfig(word_dropout=1.0)
+
+
+def test_word_dropout_blanks_whole_words_in_training_only():
+    torch.manual_seed(0)
+    model = SentimentRNN(ModelConfig(kind="lstm", vocab_size=50, embedding_dim=8, hidden_size=6, dropout=0.0,
+                                     word_dropout=0.5))
+    ids, lengths = _batch(lengths=(40, 40))
+    captured = []
+    model.encoder.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+    model.train()(ids, lengths)
+    model.eval()(ids, lengths)
+    trained, evaluated = captured
+    blank = (trained == 0).all(dim=-1)
+    # Each blanked position loses all its features; the others are scaled by 1 / (1 - p).
+    assert 0.25 < blank.float().mean() < 0.75
+    torch.testing.assert_close(trained[~blank], 2 * evaluated[~blank])
+    torch.testing.assert_close(evaluated, model.embedding(ids))

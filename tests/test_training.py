@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT, run_cli, write_archive, write_stanford_folder
 from sentiment import load_bundle
+from sentiment.training import WeightAverage, epoch_order
 
 FAST = ["--embedding-dim", "16", "--hidden-size", "16", "--max-len", "32", "--batch-size", "16",
         "--vocab-size", "100", "--lr", "0.01", "--dropout", "0.1"]
@@ -73,7 +74,9 @@ def test_same_seed_gives_the_same_metrics(tiny_archive, tmp_path):
 def _start_training(archive, out, epochs, extra=()):
     args = [sys.executable, "train.py", "--model", "lstm", "--data", str(archive), "--epochs", str(epochs),
             "--out", str(out), "--patience", "10", "--batch-size", "8", "--embedding-dim", "16",
-            "--hidden-size", "32", "--max-len", "48", "--vocab-size", "100", "--lr", "0.005", *extra]
+            "--hidden-size", "32", "--max-len", "48", "--vocab-size", "100", "--lr", "0.005",
+            # The averaged weights and word dropout's random draws must survive the kill too.
+            "--ema", "0.9", "--word-dropout", "0.1", *extra]
     import os
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -130,8 +133,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_model(slow_archive, tmp_path):
 def test_torchrun_two_cpu_processes(tiny_archive, tmp_path):
     out = tmp_path / "ddp"
     result = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-                     "--model", "bilstm", "--data", tiny_archive, "--epochs", "3", "--out", out,
-                     "--device", "cpu", *FAST, timeout=600)
+                     "--model", "bilstm", "--data", tiny_archive, "--epochs", "6", "--out", out,
+                     "--device", "cpu", *FAST, "--batch-size", "8", timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "x 2 processes" in result.stdout
     assert result.stdout.count("model saved to") == 1  # only rank 0 writes
@@ -139,3 +142,44 @@ def test_torchrun_two_cpu_processes(tiny_archive, tmp_path):
     assert _metrics(out)["test"]["accuracy"] >= 0.7
     assert json.loads((out / "config.json").read_text())["device"] == "cpu x 2"
     assert clf.predict(["wonderful superb loved it"])[0] == "positive"
+
+
+def test_epoch_order_is_a_seeded_permutation_of_length_sorted_batches():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 201, size=1000)
+    order = epoch_order(1000, 10, seed=3, epoch=1, lengths=lengths, window=5)
+    assert sorted(order) == list(range(1000))
+    assert (order == epoch_order(1000, 10, seed=3, epoch=1, lengths=lengths, window=5)).all()
+    assert not (order == epoch_order(1000, 10, seed=3, epoch=2, lengths=lengths, window=5)).all()
+    batches = order.reshape(100, 10)
+    steps = lengths[batches].max(axis=1).sum()  # what an epoch runs: each batch its longest review
+    shuffled = epoch_order(1000, 10, seed=3, epoch=1).reshape(100, 10)
+    assert steps < 0.8 * lengths[shuffled].max(axis=1).sum()
+    # Batches still mix the data: their first reviews do not come in length order.
+    firsts = lengths[batches[:, 0]]
+    assert not (np.diff(firsts) <= 0).all()
+
+
+def test_weight_average_forgets_the_start_and_follows_the_weights():
+    import torch
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.99)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(2000):
+        average.update(model)
+    torch.testing.assert_close(average.state["weight"], torch.ones(1, 2))
+    average.update(model)
+    assert average.state["weight"] is not model.weight  # a copy, not the live weights
+
+
+def test_bad_regularisation_options_are_named():
+    result = run_cli("train.py", "--word-dropout", "1.5")
+    assert result.returncode == 2 and "--word-dropout must be in [0, 1) (got 1.5)" in result.stderr
+    result = run_cli("train.py", "--ema", "1")
+    assert result.returncode == 2 and "--ema must be in [0, 1)" in result.stderr

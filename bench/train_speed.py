@@ -2,11 +2,14 @@
 "seed-style" loop that tutorials write (time-major nn.RNNCell loop over all 200 steps,
 batch 64, no packing, no masking). Writes bench/results/train_speed.json.
 
-    python bench/train_speed.py --data ../shared/imdb/aclImdb_v1.tar.gz [--reviews 2000]
+    python bench/train_speed.py --data ../shared/imdb/aclImdb_v1.tar.gz [--reviews 3200]
 
-Every model trains on the same reviews with the default recipe sizes (embedding 128,
-hidden 256, batch 64, AdamW) through ``training.run_epoch``, the loop ``train.py`` runs.
-An epoch here is ``--reviews`` training reviews; reviews/s carries over to the full 22,500.
+Every model trains on the same reviews with the default sizes (embedding 128, hidden
+256, batch 64, AdamW) through ``training.run_epoch``, the loop ``train.py`` runs, twice:
+as ``train.py`` runs it (``epoch_order``'s length-sorted batches, bfloat16 autocast where
+``--precision auto`` picks it) and as it ran before those two (shuffled batches, float32).
+An epoch here is ``--reviews`` training reviews; 3,200 is one sorting window of
+``train.py`` (50 batches of 64), so reviews/s carries over to the full 22,500.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ def seed_style_epoch(encoded, labels, vocab_size: int, batch_size: int = 64) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "imdb" / "aclImdb_v1.tar.gz"))
-    parser.add_argument("--reviews", type=int, default=2000)
+    parser.add_argument("--reviews", type=int, default=3200)
     parser.add_argument("--models", default="rnncell,rnn,lstm,bilstm")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_speed.json"))
     args = parser.parse_args()
@@ -60,31 +63,36 @@ def main() -> None:
     from sentiment.data import load_source
     from sentiment.models import ModelConfig, SentimentRNN
     from sentiment.text import TextEncoder, train_tokenizer
-    from sentiment.training import run_epoch
+    from sentiment.training import epoch_order, run_epoch, training_dtype
 
     train = load_source(args.data)["train"].shuffle(seed=0).select(range(args.reviews))
     texts, labels = train["text"], np.asarray(train["label"], dtype=np.int64)
     encoder = TextEncoder(train_tokenizer(texts, 10_000), 200, "tail")
     encoded = encoder.encode(texts)
-    order = np.random.default_rng(0).permutation(len(labels))
+    dtype = training_dtype("auto", "cpu")
+    paths = {"train.py": (epoch_order(len(labels), 64, 0, 1, encoded.lengths), dtype),
+             "shuffled float32": (epoch_order(len(labels), 64, 0, 1), torch.float32)}
     results = {}
     seed_seconds = seed_style_epoch(encoded, labels, encoder.vocab_size)
     results["seed-style rnncell loop"] = {"seconds": round(seed_seconds, 2),
                                           "reviews_per_s": round(len(labels) / seed_seconds, 1)}
     print(f"{'seed-style':>10}: {len(labels) / seed_seconds:7.1f} reviews/s")
     for kind in args.models.split(","):
-        torch.manual_seed(0)
-        model = SentimentRNN(ModelConfig(kind=kind, vocab_size=encoder.vocab_size))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-        start = time.perf_counter()
-        run_epoch(model, optimizer, None, encoded, labels, order, 64, 1.0, "cpu")
-        seconds = time.perf_counter() - start
-        results[kind] = {"seconds": round(seconds, 2), "reviews_per_s": round(len(labels) / seconds, 1),
-                         "speedup_vs_seed_style": round(seed_seconds / seconds, 2)}
-        print(f"{kind:>10}: {len(labels) / seconds:7.1f} reviews/s ({seed_seconds / seconds:.2f}x seed-style)")
+        results[kind] = {}
+        for name, (order, step_dtype) in paths.items():
+            torch.manual_seed(0)
+            model = SentimentRNN(ModelConfig(kind=kind, vocab_size=encoder.vocab_size))
+            optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+            start = time.perf_counter()
+            run_epoch(model, optimizer, None, encoded, labels, order, 64, 1.0, "cpu", dtype=step_dtype)
+            seconds = time.perf_counter() - start
+            results[kind][name] = {"seconds": round(seconds, 2), "reviews_per_s": round(len(labels) / seconds, 1),
+                                   "speedup_vs_seed_style": round(seed_seconds / seconds, 2)}
+            print(f"{kind:>10} {name:>16}: {len(labels) / seconds:7.1f} reviews/s "
+                  f"({seed_seconds / seconds:.2f}x seed-style)")
     payload = {"command": " ".join(["python", "bench/train_speed.py", *sys.argv[1:]]),
                "device": "cpu", "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "torch": torch.__version__, "reviews": len(labels), "mean_tokens": float(encoded.lengths.mean()),
+               "torch": torch.__version__, "train_py_dtype": str(dtype).removeprefix("torch."), "reviews": len(labels), "mean_tokens": float(encoded.lengths.mean()),
                "models": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")

@@ -92,7 +92,8 @@ def main() -> None:
                   f"({seed_seconds / seconds:.2f}x seed-style)")
     payload = {"command": " ".join(["python", "bench/train_speed.py", *sys.argv[1:]]),
                "device": "cpu", "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "torch": torch.__version__, "train_py_dtype": str(dtype).removeprefix("torch."), "reviews": len(labels), "mean_tokens": float(encoded.lengths.mean()),
+               "torch": torch.__version__, "train_py_dtype": str(dtype).removeprefix("torch."),
+               "reviews": len(labels), "mean_tokens": float(encoded.lengths.mean()),
                "models": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")

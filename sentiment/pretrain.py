@@ -76,9 +76,9 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
              device, show: bool = True, dtype: torch.dtype = torch.float32) -> list[float]:
     """Train ``model``'s embedding and encoder as a language model; returns the loss per epoch.
 
-    Batches and arithmetic as in classifier training (``epoch_order``'s length-sorted batches,
-    autocast to ``dtype``)."""
-    from .training import epoch_order
+    Batches, steps and arithmetic as in classifier training (``epoch_order``'s length-sorted
+    batches, ``run_epoch``'s step, autocast to ``dtype``)."""
+    from .training import epoch_order, run_epoch
 
     lm = LanguageModel(model).to(device)
     optimizer = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
@@ -88,25 +88,11 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
     losses = []
     for epoch in range(1, epochs + 1):
         order = epoch_order(n, batch_size, seed, 500 + epoch, encoded.lengths)
-        lm.train()
-        total, seen, tick = 0.0, 0, time.time()
+        tick = time.time()
         bar = tqdm(total=steps, desc=f"language model {epoch}/{epochs}", unit="step", disable=not show,
                    dynamic_ncols=True, leave=False, file=sys.stderr)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            lengths = torch.from_numpy(encoded.lengths[idx])
-            ids = torch.from_numpy(encoded.ids[idx, :int(lengths.max())]).to(device)
-            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-                loss = lm(ids, lengths)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / seen:.3f}", reviews_s=f"{seen / (time.time() - tick):.0f}")
+        seen, total, _ = run_epoch(lm, optimizer, schedule, encoded, None, order, batch_size, 1.0, device, bar,
+                                   dtype=dtype)
         bar.close()
         losses.append(total / seen)
         if show:

@@ -313,23 +313,36 @@ class WeightAverage:
     within the first epoch instead of lingering for thousands of steps.
     """
 
-    def __init__(self, model: nn.Module, decay: float, state: dict | None = None, steps: int = 0):
-        self.decay, self.steps = decay, steps
-        self.state = state if state is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+    def __init__(self, model: nn.Module, decay: float):
+        self.model, self.decay, self.steps = model, decay, 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self) -> None:
         self.steps += 1
         weight = 1 - min(self.decay, (1 + self.steps) / (10 + self.steps))
-        for name, value in model.state_dict().items():
+        for name, value in self.model.state_dict().items():
             if value.is_floating_point():
                 self.state[name].lerp_(value, weight)
             else:
                 self.state[name].copy_(value)
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the averaged weights (on the CPU) and the step count."""
+        return {"weights": _cpu_copy(self.state), "steps": self.steps}
+
+    def load_state_dict(self, saved: dict) -> None:
+        for name, value in saved["weights"].items():
+            self.state[name].copy_(value)
+        self.steps = saved["steps"]
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {k: v.detach().to("cpu").clone() for k, v in state.items()}
+
 
 def _state_copy(model: nn.Module) -> dict:
-    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    return _cpu_copy(model.state_dict())
 
 
 def _default_out(config: TrainConfig) -> str:
@@ -417,8 +430,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
         history, best, best_state = checkpoint["history"], checkpoint["best"], checkpoint["best_model"]
         bad_epochs, start_epoch = checkpoint["bad_epochs"], checkpoint["epoch"]
         if average is not None:
-            average = WeightAverage(model, config.ema, {k: v.to(device) for k, v in checkpoint["ema"].items()},
-                                    checkpoint["ema_steps"])
+            average.load_state_dict(checkpoint["ema"])
         torch.set_rng_state(checkpoint["rng"][procs.rank] if procs.rank < len(checkpoint["rng"]) else checkpoint["rng"][0])
         say(f"resuming {run_dir} after epoch {start_epoch}")
     else:
@@ -485,8 +497,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
             improved = (val["accuracy"], -val["loss"]) > (best["val_accuracy"], -best["val_loss"])
             if improved:
                 best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-                best_state = _state_copy(model) if average is None else \
-                    {k: v.detach().to("cpu").clone() for k, v in average.state.items()}
+                best_state = _state_copy(model) if average is None else _cpu_copy(average.state)
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -502,8 +513,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                               "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                               "history": history, "best": best, "best_model": best_state,
                               "bad_epochs": bad_epochs, "stopped": stopped_early,
-                              **({"ema": {k: v.to("cpu") for k, v in average.state.items()},
-                                  "ema_steps": average.steps} if average is not None else {}),
+                              **({"ema": average.state_dict()} if average is not None else {}),
                               "rng": _gather_rng(procs),
                               "wall_time_s": wall_time()}, run_dir / CHECKPOINT)
                 plot_history(history, run_dir / "curves.png")
@@ -544,11 +554,13 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
     return run_dir
 
 
-def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray, order: np.ndarray,
+def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray | None, order: np.ndarray,
               batch_size: int, grad_clip: float, device, bar=None, world: int = 1,
               dtype: torch.dtype = torch.float32, average: WeightAverage | None = None) -> tuple[int, float, int]:
     """One pass over ``order``'s reviews; returns (reviews seen, summed loss, correct predictions).
 
+    With ``labels`` the model returns logits and is trained on cross-entropy; without, the
+    model returns its own loss (the language model of ``--pretrain lm``; correct stays 0).
     ``dtype`` bfloat16 runs the steps under autocast (weights and optimizer stay float32)."""
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -559,10 +571,13 @@ def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray
         lengths = torch.from_numpy(encoded.lengths[idx])
         # Batches are cut to their longest review: no step runs over padding alone.
         ids = torch.from_numpy(encoded.ids[idx, :int(lengths.max())]).to(device)
-        targets = torch.from_numpy(labels[idx]).to(device)
         with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(ids, lengths).float()
-        loss = nn.functional.cross_entropy(logits, targets)
+            output = model(ids, lengths).float()
+        if labels is None:
+            loss = output
+        else:
+            targets = torch.from_numpy(labels[idx]).to(device)
+            loss = nn.functional.cross_entropy(output, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -571,10 +586,11 @@ def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray
         if schedule is not None:
             schedule.step()
         if average is not None:
-            average.update(model.module if hasattr(model, "module") else model)
+            average.update()
         seen += len(idx)
         total_loss += loss.item() * len(idx)
-        correct += int((logits.argmax(-1) == targets).sum())
+        if labels is not None:
+            correct += int((output.argmax(-1) == targets).sum())
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", reviews_s=f"{seen * world / (time.time() - tick):.0f}")

@@ -172,9 +172,9 @@ def test_weight_average_forgets_the_start_and_follows_the_weights():
     with torch.no_grad():
         model.weight.fill_(1.0)
     for _ in range(2000):
-        average.update(model)
+        average.update()
     torch.testing.assert_close(average.state["weight"], torch.ones(1, 2))
-    average.update(model)
+    average.update()
     assert average.state["weight"] is not model.weight  # a copy, not the live weights
 
 

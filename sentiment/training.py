@@ -442,8 +442,14 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
     def wall_time() -> float:
         return time.time() - started + earlier_time
 
+    # A resumed run records the command that started it (what reproduces it) and the
+    # resume commands after it.
+    this_command = shlex.join([Path(sys.executable).name, *sys.argv])
+    command = checkpoint.get("command", this_command) if checkpoint else this_command
+    resumed_with = [*checkpoint.get("resumed_with", []), this_command] if checkpoint else []
     base_config = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": command,
+        **({"resumed_with": resumed_with} if resumed_with else {}),
         "training": asdict(config),
         "data_fingerprint": data_module.fingerprint(config.data),
         "device": f"{device_kind}{'' if procs.world == 1 else f' x {procs.world}'}"
@@ -514,7 +520,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                               "history": history, "best": best, "best_model": best_state,
                               "bad_epochs": bad_epochs, "stopped": stopped_early,
                               **({"ema": average.state_dict()} if average is not None else {}),
-                              "rng": _gather_rng(procs),
+                              "rng": _gather_rng(procs), "command": command, "resumed_with": resumed_with,
                               "wall_time_s": wall_time()}, run_dir / CHECKPOINT)
                 plot_history(history, run_dir / "curves.png")
                 (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")

@@ -114,6 +114,10 @@ def test_resume_after_kill_9_mid_epoch_ends_with_the_same_metrics(slow_archive, 
     assert f"resuming {crashed} after epoch 1" in result.stdout
     assert _metrics(crashed) == _metrics(straight)
     assert _history(crashed) == _history(straight)
+    # The bundle names the command that reproduces the run, not the resume that finished it.
+    config = json.loads((crashed / "config.json").read_text())
+    assert "--resume" not in config["command"] and f"--out {crashed}" in config["command"]
+    assert [c.split(" ", 1)[1] for c in config["resumed_with"]] == [f"train.py --resume {crashed}"]
 
 
 @pytest.mark.slow

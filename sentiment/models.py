@@ -148,8 +148,11 @@ class SentimentRNN(nn.Module):
                                            c.num_layers, between, bidirectional=c.kind == "bilstm")
         self.head = nn.Linear(3 * c.hidden_size * c.directions, 2)
 
-    def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token outputs [batch, time, H*dirs] (meaningless at padding) and the last state [batch, H*dirs]."""
+    def encode(self, ids: torch.Tensor, lengths: torch.Tensor,
+               perturbation: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token outputs [batch, time, H*dirs] (meaningless at padding) and the last state [batch, H*dirs].
+
+        ``perturbation`` [batch, time, embedding] is added to the embedded words (adversarial training)."""
         embedded = self.embedding(ids)
         p = self.config.word_dropout
         if self.training and p > 0:
@@ -157,6 +160,8 @@ class SentimentRNN(nn.Module):
             # model cannot lean on a few telltale words.
             keep = embedded.new_empty(embedded.shape[:2] + (1,)).bernoulli_(1 - p) / (1 - p)
             embedded = embedded * keep
+        if perturbation is not None:
+            embedded = embedded + perturbation
         return self.encoder(self.dropout(embedded), lengths)
 
     def summarize(self, out: torch.Tensor, last: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -169,6 +174,7 @@ class SentimentRNN(nn.Module):
         mean = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
         return torch.cat([last, maxed, mean], dim=-1)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        out, last = self.encode(ids, lengths)
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor,
+                perturbation: torch.Tensor | None = None) -> torch.Tensor:
+        out, last = self.encode(ids, lengths, perturbation)
         return self.head(self.dropout(self.summarize(out, last, lengths)))

@@ -43,10 +43,10 @@ def _opt(help: str, **extra) -> dict:
 RECIPES = {
     # A plain tanh RNN diverged for epochs at a 2e-3 peak (validation 89.4% -> 87.4%) and was
     # still learning after 8 epochs: a gentler peak over more epochs.
-    "rnncell": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.0, "ema": 0.999},
-    "rnn": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.0, "ema": 0.999},
-    "lstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999},
-    "bilstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999},
+    "rnncell": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.0, "ema": 0.999, "adversarial": 0.0},
+    "rnn": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.0, "ema": 0.999, "adversarial": 0.0},
+    "lstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 0.0},
+    "bilstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 0.0},
 }
 PER_MODEL = " (default: per --model, see README)"
 
@@ -81,6 +81,10 @@ class TrainConfig:
     ema: float | None = field(default=None, metadata=_opt(
         "keep, validate and save an exponential moving average of the weights with this decay per step (0: off)"
         + PER_MODEL, metavar="DECAY"))
+    adversarial: float | None = field(default=None, metadata=_opt(
+        "adversarial training (Miyato et al. 2017): each step also learns from its reviews with the embedded "
+        "words pushed this far (L2 norm per review) in the direction that raises the loss most; 0: off"
+        + PER_MODEL, metavar="EPS"))
     epochs: int | None = field(default=None, metadata=_opt("maximum epochs" + PER_MODEL, metavar="N"))
     batch_size: int = field(default=64, metadata=_opt("reviews per step (per process under torchrun)", metavar="N"))
     lr: float | None = field(default=None, metadata=_opt("peak learning rate of the one-cycle schedule" + PER_MODEL,
@@ -124,9 +128,10 @@ class TrainConfig:
                 raise SentimentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.max_len < 2:
             raise SentimentError(f"--max-len must be at least 2 (got {self.max_len})")
-        for name in ("lr", "weight_decay", "grad_clip"):
+        for name in ("lr", "weight_decay", "grad_clip", "adversarial"):
             if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
-                raise SentimentError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+                raise SentimentError(f"--{name.replace('_', '-')} must be {'positive' if name == 'lr' else 'at least 0'}"
+                                     f" (got {getattr(self, name)})")
         for name in ("dropout", "word_dropout", "ema"):
             if not 0 <= getattr(self, name) < 1:
                 raise SentimentError(f"--{name.replace('_', '-')} must be in [0, 1) (got {getattr(self, name)})")
@@ -487,7 +492,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                        disable=not procs.main, dynamic_ncols=True, leave=False, file=sys.stderr)
             seen, total_loss, correct = run_epoch(wrapped, optimizer, schedule, train_enc, train_labels, order,
                                                   config.batch_size, config.grad_clip, device, bar, procs.world,
-                                                  dtype=dtype, average=average)
+                                                  dtype=dtype, average=average, adversarial=config.adversarial)
             bar.close()
             if average is None:
                 val = _evaluate(model, val_enc, val_labels, 256, device)
@@ -562,12 +567,15 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
 
 def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray | None, order: np.ndarray,
               batch_size: int, grad_clip: float, device, bar=None, world: int = 1,
-              dtype: torch.dtype = torch.float32, average: WeightAverage | None = None) -> tuple[int, float, int]:
+              dtype: torch.dtype = torch.float32, average: WeightAverage | None = None,
+              adversarial: float = 0.0) -> tuple[int, float, int]:
     """One pass over ``order``'s reviews; returns (reviews seen, summed loss, correct predictions).
 
     With ``labels`` the model returns logits and is trained on cross-entropy; without, the
     model returns its own loss (the language model of ``--pretrain lm``; correct stays 0).
-    ``dtype`` bfloat16 runs the steps under autocast (weights and optimizer stay float32)."""
+    ``dtype`` bfloat16 runs the steps under autocast (weights and optimizer stay float32).
+    ``adversarial`` > 0 adds, per step, the loss of the same reviews with their embedded words
+    moved by that L2 norm along the loss's gradient (two forward/backward passes a step)."""
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     seen, total_loss, correct = 0, 0.0, 0
@@ -577,8 +585,14 @@ def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray
         lengths = torch.from_numpy(encoded.lengths[idx])
         # Batches are cut to their longest review: no step runs over padding alone.
         ids = torch.from_numpy(encoded.ids[idx, :int(lengths.max())]).to(device)
-        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-            output = model(ids, lengths).float()
+        autocast = torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
+        perturbation = None
+        if adversarial and labels is not None:
+            # A zero perturbation whose gradient is the loss's gradient at the embedded words.
+            perturbation = torch.zeros(*ids.shape, model_config(model).embedding_dim, device=device,
+                                       requires_grad=True)
+        with autocast:
+            output = model(ids, lengths, *([] if perturbation is None else [perturbation])).float()
         if labels is None:
             loss = output
         else:
@@ -586,6 +600,10 @@ def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray
             loss = nn.functional.cross_entropy(output, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if perturbation is not None:
+            with autocast:
+                adversarial_output = model(ids, lengths, adversarial_perturbation(perturbation.grad, adversarial)).float()
+            nn.functional.cross_entropy(adversarial_output, targets).backward()
         if grad_clip:
             nn.utils.clip_grad_norm_(parameters, grad_clip)
         optimizer.step()
@@ -601,6 +619,17 @@ def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", reviews_s=f"{seen * world / (time.time() - tick):.0f}")
     return seen, total_loss, correct
+
+
+def adversarial_perturbation(gradient: torch.Tensor, norm: float) -> torch.Tensor:
+    """The loss's gradient at the embedded words [batch, time, embedding], scaled to L2 ``norm`` per review:
+    to first order, the perturbation of that size that raises each review's loss most."""
+    return norm * gradient / gradient.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None]
+
+
+def model_config(model: nn.Module):
+    """The ModelConfig of a SentimentRNN, also when DistributedDataParallel wraps it."""
+    return getattr(model, "module", model).config
 
 
 def _evaluate_state(model, state, encoded, labels, device) -> dict:

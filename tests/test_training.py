@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, run_cli, write_archive, write_stanford_folder
 from sentiment import load_bundle
-from sentiment.training import WeightAverage, epoch_order
+from sentiment.training import WeightAverage, adversarial_perturbation, epoch_order
 
 FAST = ["--embedding-dim", "16", "--hidden-size", "16", "--max-len", "32", "--batch-size", "16",
         "--vocab-size", "100", "--lr", "0.01", "--dropout", "0.1"]
@@ -187,3 +187,41 @@ def test_bad_regularisation_options_are_named():
     assert result.returncode == 2 and "--word-dropout must be in [0, 1) (got 1.5)" in result.stderr
     result = run_cli("train.py", "--ema", "1")
     assert result.returncode == 2 and "--ema must be in [0, 1)" in result.stderr
+    result = run_cli("train.py", "--adversarial", "-1")
+    assert result.returncode == 2 and "--adversarial must be at least 0 (got -1.0)" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["rnn", "bilstm"])
+def test_adversarial_perturbation_raises_the_loss_more_than_a_random_one(kind):
+    import torch
+
+    from sentiment.models import ModelConfig, SentimentRNN
+
+    torch.manual_seed(0)
+    model = SentimentRNN(ModelConfig(kind=kind, vocab_size=50, embedding_dim=8, hidden_size=8, dropout=0.0)).eval()
+    ids = torch.randint(2, 50, (16, 12))
+    lengths = torch.randint(3, 13, (16,))
+    ids[torch.arange(12)[None, :] >= lengths[:, None]] = 1  # padding
+    targets = torch.randint(0, 2, (16,))
+
+    def loss(perturbation):
+        return torch.nn.functional.cross_entropy(model(ids, lengths, perturbation), targets, reduction="none")
+
+    zero = torch.zeros(16, 12, 8, requires_grad=True)
+    loss(zero).sum().backward()
+    adversarial = adversarial_perturbation(zero.grad, 0.5)
+    torch.testing.assert_close(adversarial.flatten(1).norm(dim=1), torch.full((16,), 0.5))
+    random = torch.randn(16, 12, 8)
+    random = 0.5 * random / random.flatten(1).norm(dim=1)[:, None, None]
+    with torch.no_grad():
+        clean, pushed, shaken = loss(None), loss(adversarial), loss(random)
+    assert (pushed > clean).all() and (pushed - clean).mean() > 3 * (shaken - clean).abs().mean()
+
+
+def test_adversarial_training_learns_and_is_recorded(tiny_archive, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train.py", "--model", "lstm", "--data", tiny_archive, "--epochs", "6", "--out", out,
+                     "--adversarial", "1.0", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert _metrics(out)["test"]["accuracy"] >= 0.8
+    assert json.loads((out / "config.json").read_text())["training"]["adversarial"] == 1.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -73,31 +74,55 @@ class LanguageModel(nn.Module):
 
 
 def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int, lr: float, seed: int,
-             device, show: bool = True, dtype: torch.dtype = torch.float32) -> list[float]:
+             device, procs=None, dtype: torch.dtype = torch.float32, resume: dict | None = None,
+             after_epoch: Callable[[dict], None] | None = None) -> list[float]:
     """Train ``model``'s embedding and encoder as a language model; returns the loss per epoch.
 
     Batches, steps and arithmetic as in classifier training (``epoch_order``'s length-sorted
-    batches, ``run_epoch``'s step, autocast to ``dtype``)."""
-    from .training import epoch_order, run_epoch
+    batches dealt out over ``procs``, ``run_epoch``'s step, autocast to ``dtype``). After each
+    epoch ``after_epoch`` gets what resuming needs (``resume`` takes it back): the language
+    model, optimizer and schedule states and the losses so far."""
+    from .training import Processes, _restore_rng, deal_out, epoch_order, run_epoch
 
+    procs = procs or Processes()
     lm = LanguageModel(model).to(device)
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
+    # The classifier's head takes no part; frozen, DistributedDataParallel expects no gradient for it.
+    model.head.requires_grad_(False)
+    wrapped = lm
+    if procs.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(lm, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     n = len(encoded.lengths)
-    steps = -(-n // batch_size)
+    per_rank = -(-n // procs.world)
+    steps = -(-per_rank // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps)
-    losses = []
-    for epoch in range(1, epochs + 1):
-        order = epoch_order(n, batch_size, seed, 500 + epoch, encoded.lengths)
-        tick = time.time()
-        bar = tqdm(total=steps, desc=f"language model {epoch}/{epochs}", unit="step", disable=not show,
-                   dynamic_ncols=True, leave=False, file=sys.stderr)
-        seen, total, _ = run_epoch(lm, optimizer, schedule, encoded, None, order, batch_size, 1.0, device, bar,
-                                   dtype=dtype)
-        bar.close()
-        losses.append(total / seen)
-        if show:
-            print(f"language model epoch {epoch}/{epochs}: loss {losses[-1]:.4f} "
-                  f"(perplexity {float(np.exp(losses[-1])):.0f}) | {time.time() - tick:.0f}s")
+    losses: list[float] = []
+    if resume is not None:
+        lm.load_state_dict(resume["lm"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        losses = list(resume["losses"])
+        _restore_rng(resume, procs)  # after building the heads, whose initialisation draws from it
+    try:
+        for epoch in range(len(losses) + 1, epochs + 1):
+            order = deal_out(epoch_order(n, batch_size * procs.world, seed, 500 + epoch, encoded.lengths),
+                             per_rank, procs)
+            tick = time.time()
+            bar = tqdm(total=steps, desc=f"language model {epoch}/{epochs}", unit="step", disable=not procs.main,
+                       dynamic_ncols=True, leave=False, file=sys.stderr)
+            seen, total, _ = run_epoch(wrapped, optimizer, schedule, encoded, None, order, batch_size, 1.0, device,
+                                       bar, procs.world, dtype=dtype)
+            bar.close()
+            losses.append(total / seen)
+            if procs.main:
+                print(f"language model epoch {epoch}/{epochs}: loss {losses[-1]:.4f} "
+                      f"(perplexity {float(np.exp(losses[-1])):.0f}) | {time.time() - tick:.0f}s")
+            if after_epoch is not None:
+                after_epoch({"lm": {k: v.detach().cpu().clone() for k, v in lm.state_dict().items()},
+                             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                             "losses": list(losses)})
+    finally:
+        model.head.requires_grad_(True)
     return losses
 
 

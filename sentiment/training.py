@@ -311,6 +311,12 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndar
     return np.concatenate([batches[i] for i in shuffled])
 
 
+def deal_out(order: np.ndarray, per_rank: int, procs: "Processes") -> np.ndarray:
+    """This process's share of an epoch's ``order``: every world-th review, wrapped around so
+    each process runs ``per_rank`` reviews (the same number of steps everywhere)."""
+    return np.concatenate([order, order])[:per_rank * procs.world][procs.rank::procs.world]
+
+
 class WeightAverage:
     """An exponential moving average of a model's weights, updated after every step.
 
@@ -377,6 +383,8 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
     run_dir = Path(resume or procs.share(config.out or _default_out(config)))
     started = time.time()
 
+    # A run cut during --pretrain lm left a checkpoint of the language-model stage.
+    lm_checkpoint = checkpoint if checkpoint is not None and checkpoint.get("stage") == "lm" else None
     train_rows, val_rows, test_rows, unlabelled = prepare_data(config, procs)
     if checkpoint is not None:
         encoder = TextEncoder.load(run_dir / "tokenizer.json", config.max_len, config.truncate)
@@ -398,6 +406,27 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
         f"{0 if test_rows is None else len(test_rows)} test reviews; vocabulary {encoder.vocab_size} tokens; "
         f"device {device}{f' x {procs.world} processes' if procs.world > 1 else ''}; run folder {run_dir}")
 
+    # Wall time counts every attempt of a resumed run, not just the last.
+    earlier_time = checkpoint.get("wall_time_s", 0.0) if checkpoint else 0.0
+
+    def wall_time() -> float:
+        return time.time() - started + earlier_time
+
+    # A resumed run records the command that started it (what reproduces it) and the
+    # resume commands after it.
+    this_command = shlex.join([Path(sys.executable).name, *sys.argv])
+    command = checkpoint.get("command", this_command) if checkpoint else this_command
+    resumed_with = [*checkpoint.get("resumed_with", []), this_command] if checkpoint else []
+    base_config = {
+        "command": command,
+        **({"resumed_with": resumed_with} if resumed_with else {}),
+        "training": asdict(config),
+        "data_fingerprint": data_module.fingerprint(config.data),
+        "device": f"{device_kind}{'' if procs.world == 1 else f' x {procs.world}'}"
+                  + (f" ({torch.cuda.get_device_name(device)})" if device_kind == "cuda" else ""),
+        "versions": _versions(),
+    }
+
     torch.manual_seed(config.seed)
     model = SentimentRNN(config.model_config(encoder.vocab_size)).to(device)
     if checkpoint is None and config.init_from:
@@ -405,16 +434,26 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
 
         load_lm_into(model, Path(config.init_from))
         say(f"embedding and encoder initialised from {Path(config.init_from) / 'lm.safetensors'}")
-    elif checkpoint is None and config.pretrain == "lm":
+    elif config.pretrain == "lm" and (checkpoint is None or lm_checkpoint is not None):
         from .pretrain import LM_WEIGHTS, pretrain, save_lm
 
         texts = list(train_rows["text"]) + ([] if unlabelled is None else list(unlabelled["text"]))
         say(f"language model: {len(texts)} reviews ({len(train_rows)} train + "
             f"{0 if unlabelled is None else len(unlabelled)} unlabelled), {config.pretrain_epochs} epoch(s)")
+        if lm_checkpoint is not None:
+            say(f"resuming {run_dir}: language model after epoch {len(lm_checkpoint['losses'])}")
+
+        def save_lm_stage(state: dict) -> None:
+            rng = _gather_rng(procs)
+            if procs.main:
+                _save_atomic({"stage": "lm", "config": asdict(config), **state, "rng": rng, "command": command,
+                              "resumed_with": resumed_with, "wall_time_s": wall_time()}, run_dir / CHECKPOINT)
+
         pretrain(model, encoder.encode(texts), config.pretrain_epochs, config.batch_size, config.lr, config.seed,
-                 device, show=procs.main, dtype=dtype)
+                 device, procs, dtype=dtype, resume=lm_checkpoint, after_epoch=save_lm_stage)
         if procs.main:
             save_lm(model, run_dir / LM_WEIGHTS)
+        checkpoint = None  # the classifier stage starts afresh
     wrapped = model
     if procs.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device_kind == "cuda" else None)
@@ -436,31 +475,10 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
         bad_epochs, start_epoch = checkpoint["bad_epochs"], checkpoint["epoch"]
         if average is not None:
             average.load_state_dict(checkpoint["ema"])
-        torch.set_rng_state(checkpoint["rng"][procs.rank] if procs.rank < len(checkpoint["rng"]) else checkpoint["rng"][0])
+        _restore_rng(checkpoint, procs)
         say(f"resuming {run_dir} after epoch {start_epoch}")
     else:
         torch.manual_seed(config.seed + procs.rank)
-
-    # Wall time counts every attempt of a resumed run, not just the last.
-    earlier_time = checkpoint.get("wall_time_s", 0.0) if checkpoint else 0.0
-
-    def wall_time() -> float:
-        return time.time() - started + earlier_time
-
-    # A resumed run records the command that started it (what reproduces it) and the
-    # resume commands after it.
-    this_command = shlex.join([Path(sys.executable).name, *sys.argv])
-    command = checkpoint.get("command", this_command) if checkpoint else this_command
-    resumed_with = [*checkpoint.get("resumed_with", []), this_command] if checkpoint else []
-    base_config = {
-        "command": command,
-        **({"resumed_with": resumed_with} if resumed_with else {}),
-        "training": asdict(config),
-        "data_fingerprint": data_module.fingerprint(config.data),
-        "device": f"{device_kind}{'' if procs.world == 1 else f' x {procs.world}'}"
-                  + (f" ({torch.cuda.get_device_name(device)})" if device_kind == "cuda" else ""),
-        "versions": _versions(),
-    }
 
     def save_best(metrics: dict, finished: bool):
         final_model = SentimentRNN(model.config)
@@ -486,7 +504,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
             # so each process's batch holds reviews of similar length too.
             order = epoch_order(len(train_labels), config.batch_size * procs.world, config.seed, epoch,
                                 train_enc.lengths)
-            order = np.concatenate([order, order])[:per_rank * procs.world][procs.rank::procs.world]
+            order = deal_out(order, per_rank, procs)
             tick = time.time()
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="step",
                        disable=not procs.main, dynamic_ncols=True, leave=False, file=sys.stderr)
@@ -635,6 +653,11 @@ def model_config(model: nn.Module):
 def _evaluate_state(model, state, encoded, labels, device) -> dict:
     model.load_state_dict(state)
     return _evaluate(model, encoded, labels, 256, device)
+
+
+def _restore_rng(checkpoint: dict, procs: Processes) -> None:
+    states = checkpoint["rng"]
+    torch.set_rng_state(states[procs.rank] if procs.rank < len(states) else states[0])
 
 
 def _gather_rng(procs: Processes) -> list[torch.Tensor]:

@@ -121,6 +121,36 @@ def test_resume_after_kill_9_mid_epoch_ends_with_the_same_metrics(slow_archive, 
 
 
 @pytest.mark.slow
+def test_resume_after_kill_9_during_language_model_pretraining(slow_archive, tmp_path):
+    lm = ["--pretrain", "lm", "--pretrain-epochs", "3"]
+    straight = tmp_path / "straight"
+    proc = _start_training(slow_archive, straight, epochs=1, extra=lm)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+
+    crashed = tmp_path / "crashed"
+    proc = _start_training(slow_archive, crashed, epochs=1, extra=lm)
+    _wait_for_checkpoint(proc, crashed)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    import torch
+
+    checkpoint = torch.load(crashed / "checkpoint.pt", weights_only=True)
+    assert checkpoint["stage"] == "lm" and len(checkpoint["losses"]) == 1, "the kill should land in LM epoch 2"
+
+    result = run_cli("train.py", "--resume", crashed)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {crashed}: language model after epoch 1" in result.stdout
+    assert "language model epoch 1/3" not in result.stdout and "language model epoch 3/3" in result.stdout
+    from safetensors.torch import load_file
+
+    resumed_lm, straight_lm = load_file(str(crashed / "lm.safetensors")), load_file(str(straight / "lm.safetensors"))
+    for name in straight_lm:
+        torch.testing.assert_close(resumed_lm[name], straight_lm[name], rtol=0, atol=0)
+    assert _metrics(crashed) == _metrics(straight)
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_keeps_the_best_model(slow_archive, tmp_path):
     out = tmp_path / "run"
     proc = _start_training(slow_archive, out, epochs=5)
@@ -146,6 +176,18 @@ def test_torchrun_two_cpu_processes(tiny_archive, tmp_path):
     assert _metrics(out)["test"]["accuracy"] >= 0.7
     assert json.loads((out / "config.json").read_text())["device"] == "cpu x 2"
     assert clf.predict(["wonderful superb loved it"])[0] == "positive"
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_pretrain_a_language_model(tiny_archive, tmp_path):
+    out = tmp_path / "ddp-lm"
+    result = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+                     "--model", "lstm", "--data", tiny_archive, "--epochs", "1", "--out", out, "--device", "cpu",
+                     "--pretrain", "lm", "--pretrain-epochs", "2", *FAST, "--batch-size", "8", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Rank 0 alone reports and writes.
+    assert result.stdout.count("language model epoch 2/2") == 1 and result.stdout.count("model saved to") == 1
+    assert (out / "lm.safetensors").is_file() and load_bundle(out)
 
 
 def test_epoch_order_is_a_seeded_permutation_of_length_sorted_batches():

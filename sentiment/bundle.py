@@ -77,16 +77,24 @@ def save_bundle(path: str | Path, model: SentimentRNN, encoder: TextEncoder, con
 
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_KINDS = ("bilstm", "lstm", "rnn", "rnncell")  # best first
+DEFAULT_KINDS = ("bilstm", "lstm", "rnn", "rnncell")  # the order among equals
 
 
-def default_model_dir() -> Path:
-    """The shipped model that surfaces load when no ``--model`` is given."""
-    for kind in DEFAULT_KINDS:
-        if (SHIPPED_MODELS / kind / CONFIG).is_file():
-            return SHIPPED_MODELS / kind
-    raise SentimentError(f"no --model given and no shipped model in {SHIPPED_MODELS}; "
-                         "train one with `python train.py` and pass --model DIR")
+def default_model_dir(root: Path = SHIPPED_MODELS) -> Path:
+    """The shipped model that surfaces load when no ``--model`` is given: the one with the
+    best validation accuracy (test accuracy never makes a choice), ``DEFAULT_KINDS`` order among equals."""
+    shipped = [root / kind for kind in DEFAULT_KINDS if (root / kind / CONFIG).is_file()]
+    if not shipped:
+        raise SentimentError(f"no --model given and no shipped model in {root}; "
+                             "train one with `python train.py` and pass --model DIR")
+
+    def validation_accuracy(folder: Path) -> float:
+        try:
+            return float(json.loads((folder / CONFIG).read_text())["metrics"]["validation"]["accuracy"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1.0
+
+    return max(shipped, key=lambda folder: (validation_accuracy(folder), -shipped.index(folder)))
 
 
 def model_names(paths: list[str]) -> list[str]:

@@ -127,3 +127,18 @@ def test_tensors_of_another_kind_are_named(bundle):
 def test_a_single_string_is_refused_rather_than_read_letter_by_letter(bundle):
     with pytest.raises(TypeError, match="wrap one review in a list"):
         load_bundle(bundle[0]).predict_proba("a great film")
+
+
+def test_default_model_is_the_shipped_one_best_on_validation(tmp_path):
+    from sentiment.bundle import SHIPPED_MODELS, default_model_dir
+
+    with pytest.raises(SentimentError, match="no shipped model in"):
+        default_model_dir(tmp_path)
+    for kind, validation, test in (("bilstm", 0.90, 0.99), ("lstm", 0.91, 0.80), ("rnn", 0.91, 0.95)):
+        model, encoder = _parts(kind)
+        save_bundle(tmp_path / kind, model, encoder,
+                    {"metrics": {"validation": {"accuracy": validation}, "test": {"accuracy": test}}})
+    # Validation decides, never test; among equals the more capable kind.
+    assert default_model_dir(tmp_path) == tmp_path / "lstm"
+    assert default_model_dir(SHIPPED_MODELS).parent == SHIPPED_MODELS
+    assert load_bundle(default_model_dir()).predict(["a wonderful film"])[0] in ("positive", "negative")

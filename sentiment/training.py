@@ -45,8 +45,10 @@ RECIPES = {
     # still learning after 8 epochs: a gentler peak over more epochs.
     "rnncell": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.0, "ema": 0.999, "adversarial": 0.0},
     "rnn": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.0, "ema": 0.999, "adversarial": 0.0},
-    "lstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 0.0},
-    "bilstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 0.0},
+    # Adversarial training: lstm validation 90.5% -> 91.2% (loss 0.253 -> 0.226), seed 0.
+    # rnn gained no validation accuracy (89.7% both; loss 0.276 -> 0.260) at twice the cost.
+    "lstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0},
+    "bilstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0},
 }
 PER_MODEL = " (default: per --model, see README)"
 

@@ -10,6 +10,8 @@ as ``train.py`` runs it (``epoch_order``'s length-sorted batches, bfloat16 autoc
 ``--precision auto`` picks it) and as it ran before those two (shuffled batches, float32).
 An epoch here is ``--reviews`` training reviews; 3,200 is one sorting window of
 ``train.py`` (50 batches of 64), so reviews/s carries over to the full 22,500.
+Steps run without ``--adversarial``, whose second pass per step halves the speed of the
+models that use it by default (lstm, bilstm).
 """
 from __future__ import annotations
 

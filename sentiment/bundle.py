@@ -90,11 +90,12 @@ def default_model_dir(root: Path = SHIPPED_MODELS) -> Path:
 
     def validation_accuracy(folder: Path) -> float:
         try:
-            return float(json.loads((folder / CONFIG).read_text())["metrics"]["validation"]["accuracy"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return float(read_config(folder)["metrics"]["validation"]["accuracy"])
+        except (SentimentError, ValueError, KeyError, TypeError):
             return -1.0
 
-    return max(shipped, key=lambda folder: (validation_accuracy(folder), -shipped.index(folder)))
+    # max keeps the first of equals, and ``shipped`` is in DEFAULT_KINDS order.
+    return max(shipped, key=validation_accuracy)
 
 
 def model_names(paths: list[str]) -> list[str]:

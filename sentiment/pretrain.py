@@ -82,7 +82,7 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
     batches dealt out over ``procs``, ``run_epoch``'s step, autocast to ``dtype``). After each
     epoch ``after_epoch`` gets what resuming needs (``resume`` takes it back): the language
     model, optimizer and schedule states and the losses so far."""
-    from .training import Processes, _restore_rng, deal_out, epoch_order, run_epoch
+    from .training import Processes, _restore_rng, _state_copy, deal_out, epoch_order, run_epoch
 
     procs = procs or Processes()
     lm = LanguageModel(model).to(device)
@@ -118,7 +118,7 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
                 print(f"language model epoch {epoch}/{epochs}: loss {losses[-1]:.4f} "
                       f"(perplexity {float(np.exp(losses[-1])):.0f}) | {time.time() - tick:.0f}s")
             if after_epoch is not None:
-                after_epoch({"lm": {k: v.detach().cpu().clone() for k, v in lm.state_dict().items()},
+                after_epoch({"lm": _state_copy(lm),
                              "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                              "losses": list(losses)})
     finally:

@@ -599,13 +599,13 @@ def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     seen, total_loss, correct = 0, 0.0, 0
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
     tick = time.time()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         lengths = torch.from_numpy(encoded.lengths[idx])
         # Batches are cut to their longest review: no step runs over padding alone.
         ids = torch.from_numpy(encoded.ids[idx, :int(lengths.max())]).to(device)
-        autocast = torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
         perturbation = None
         if adversarial and labels is not None:
             # A zero perturbation whose gradient is the loss's gradient at the embedded words.

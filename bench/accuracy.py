@@ -8,7 +8,9 @@ into README.md, --ship copies each model's best-on-validation run into models/.
 Each run is `python train.py --model KIND --seed S --out RUNS/KIND-sS [extra options]`
 (`RUNS/KIND-lm-sS` with `--pretrain lm`), the command a user runs; a finished run folder
 is reused, so the script can continue in a later session, and `--only-finished` makes
-the table from the runs that exist without training more. Results of other models and
+the table from the runs that exist without training more. `--runs A,B` pools the finished
+runs of several folders (say CPU runs and GPU runs): every finished run counts, a seed
+run twice counts twice, and new runs go to A. Results of other models and
 variants already in the results file are kept. Choices (which seed to ship) use
 validation accuracy only; the test split is read once per run, by train.py, after training.
 """
@@ -40,6 +42,14 @@ def run_dir(runs: Path, kind: str, seed: int, pretrain: bool = False) -> Path:
     return runs / f"{kind}{'-lm' if pretrain else ''}-s{seed}"
 
 
+def shown(path: Path) -> str:
+    """A path as the results file records it: relative to the repository where it lies inside."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def finished(folder: Path) -> dict | None:
     config = folder / "config.json"
     if config.is_file():
@@ -49,15 +59,19 @@ def finished(folder: Path) -> dict | None:
     return None
 
 
-def train(kind: str, seed: int, args, runs: Path) -> dict | None:
-    folder = run_dir(runs, kind, seed, args.pretrain)
-    done = finished(folder)
-    if done:
+def train(kind: str, seed: int, args, runs: list[Path]) -> list[tuple[Path, dict]]:
+    """The finished runs of this model and seed in any of the runs folders (replicates, say a
+    CPU and a GPU run, all count); if there are none, train one into the first folder."""
+    done = [(folder, config) for folder in (run_dir(r, kind, seed, args.pretrain) for r in runs)
+            if (config := finished(folder)) is not None]
+    for folder, _ in done:
         print(f"{folder}: finished earlier, reused")
+    if done:
         return done
+    folder = run_dir(runs[0], kind, seed, args.pretrain)
     if args.only_finished:
         print(f"{folder}: not finished, left out")
-        return None
+        return []
     command = [sys.executable, "train.py", "--model", kind, "--seed", str(seed), "--data", args.data,
                "--device", args.device, "--out", str(folder), "--weights-dtype", "float16",
                *(["--pretrain", "lm"] if args.pretrain else []), *shlex.split(args.extra)]
@@ -65,7 +79,8 @@ def train(kind: str, seed: int, args, runs: Path) -> dict | None:
         command = [sys.executable, "train.py", "--resume", str(folder)]
     print("$", shlex.join(command), flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
-    return finished(folder)
+    config = finished(folder)
+    return [] if config is None else [(folder, config)]
 
 
 def baseline(data: str) -> dict:
@@ -87,9 +102,14 @@ def markdown(results: dict) -> str:
         target = TARGETS.get(name)
         verdict = "" if target is None else f"{target:.1%} ({'met' if statistics.mean(accs) >= target else 'not met'})"
         label = name.replace("+lm", " + LM pretraining")
+        devices = r.get("devices") or [r["device"]] * len(accs)
+        times = "; ".join(
+            f"{statistics.mean(t for t, d in zip(r['wall_time_s'], devices) if d == device) / 60:.1f} min on {device}"
+            for device in dict.fromkeys(devices))
+        seeds = ", ".join(f"{seed}{f' ({device.split()[0]})' if len(set(devices)) > 1 else ''}"
+                          for seed, device in zip(r["seeds"], devices))
         lines.append(f"| {label} | {statistics.mean(accs):.2%} ± {sd} | {verdict} | "
-                     f"{', '.join(map(str, r['seeds']))} | {r['shipped_test_accuracy']:.2%} | "
-                     f"{statistics.mean(r['wall_time_s']) / 60:.1f} min on {r['device']} |")
+                     f"{seeds} | {r['shipped_test_accuracy']:.2%} | {times} |")
     if "baseline" in results:
         lines.append(f"| TF-IDF 1-2 grams + logistic regression (scikit-learn) | "
                      f"{results['baseline']['accuracy']:.2%} | | | | |")
@@ -108,14 +128,16 @@ def main() -> None:
     parser.add_argument("--pretrain", action="store_true", help="runs with --pretrain lm (the second column)")
     parser.add_argument("--only-finished", action="store_true",
                         help="train nothing: tabulate the finished runs (seeds without one are left out)")
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "accuracy"))
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "accuracy"),
+                        help="run folders' parent; several, comma-separated, pool their finished runs "
+                             "(new runs go to the first)")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--ship", action="store_true", help="copy each model's best-on-validation run to models/")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md between markers")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "accuracy.json"))
     args = parser.parse_args()
 
-    runs = Path(args.runs)
+    runs = [Path(r) for r in args.runs.split(",") if r]
     out = Path(args.out)
     # Entries of other models and variants stay, each with the command that produced it.
     results: dict = json.loads(out.read_text()) if out.is_file() else {}
@@ -124,21 +146,24 @@ def main() -> None:
         results.setdefault("baseline_command", results.pop("command"))
     command = shlex.join(["python", "bench/accuracy.py", *sys.argv[1:]])
     for kind in [k for k in args.models.split(",") if k]:
-        pairs = [(seed, train(kind, seed, args, runs)) for seed in (int(s) for s in args.seeds.split(",") if s)]
-        pairs = [(seed, config) for seed, config in pairs if config is not None]
-        if not pairs:
+        found = [(seed, folder, config) for seed in (int(s) for s in args.seeds.split(",") if s)
+                 for folder, config in train(kind, seed, args, runs)]
+        if not found:
             continue
-        seeds, configs = [seed for seed, _ in pairs], [config for _, config in pairs]
-        best = max(range(len(seeds)), key=lambda i: configs[i]["metrics"]["validation"]["accuracy"])
+        seeds, folders, configs = zip(*found)
+        best = max(range(len(found)), key=lambda i: configs[i]["metrics"]["validation"]["accuracy"])
         results["models"][f"{kind}+lm" if args.pretrain else kind] = {
             "results_command": command,
-            "seeds": seeds,
+            "seeds": list(seeds),
+            "runs": [shown(folder) for folder in folders],
+            "devices": [c["device"] for c in configs],
             "validation_accuracy": [c["metrics"]["validation"]["accuracy"] for c in configs],
             "test_accuracy": [c["metrics"]["test"]["accuracy"] for c in configs],
             "wall_time_s": [c["trained"]["wall_time_s"] for c in configs],
             "device": configs[0]["device"],
             "command": configs[0]["command"],
             "shipped_seed": seeds[best],
+            "shipped_run": shown(folders[best]),
             "shipped_test_accuracy": configs[best]["metrics"]["test"]["accuracy"],
         }
         if args.ship:
@@ -146,7 +171,7 @@ def main() -> None:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
             for name in ("config.json", "tokenizer.json", "model.safetensors", "history.json", "curves.png"):
-                shutil.copy2(run_dir(runs, kind, seeds[best], args.pretrain) / name, target / name)
+                shutil.copy2(folders[best] / name, target / name)
     if not args.no_baseline:
         results["baseline"] = baseline(args.data)
         results["baseline_command"] = command

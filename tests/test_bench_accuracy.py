@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, run_cli, write_archive, write_stanford_folder
+
+FAST = "--epochs 2 --embedding-dim 16 --hidden-size 16 --max-len 32 --batch-size 16 --vocab-size 100 --lr 0.01"
 
 
 def _run(folder: Path, device: str, validation: float, test: float, minutes: float, finished: bool = True) -> None:
@@ -43,3 +45,24 @@ def test_runs_of_several_folders_are_pooled_and_the_best_on_validation_is_named(
     assert f"{mean:.2%} ± {statistics.stdev(rnn['test_accuracy']):.2%}" in row
     assert "0 (cpu), 0 (cuda), 1 (cuda)" in row
     assert "9.5 min on cpu; 7.0 min on cuda" in row
+
+
+def test_jobs_train_side_by_side_each_with_its_log_and_a_failure_is_named(tmp_path):
+    archive = write_archive(write_stanford_folder(tmp_path, n_train=200, n_test=60), tmp_path / "imdb.tar.gz")
+    runs, out = tmp_path / "runs", tmp_path / "accuracy.json"
+    (runs / "lstm-s2").mkdir(parents=True)
+    (runs / "lstm-s2" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # a resume that must fail
+    done = run_cli("bench/accuracy.py", "--data", archive, "--models", "lstm", "--seeds", "0,1,2", "--jobs", "3",
+                   "--runs", runs, "--extra", FAST, "--no-baseline", "--out", out)
+    assert done.returncode != 0
+    assert f"{runs / 'lstm-s2'}: train.py exited with status" in done.stderr
+    assert f"its output is in {runs / 'lstm-s2.log'}" in done.stderr
+    assert "checkpoint" in (runs / "lstm-s2.log").read_text()
+    lstm = json.loads(out.read_text())["models"]["lstm"]  # the two good runs are tabulated all the same
+    assert lstm["seeds"] == [0, 1]
+    for seed in (0, 1):
+        config = json.loads((runs / f"lstm-s{seed}" / "config.json").read_text())
+        assert config["trained"]["finished"] and config["training"]["seed"] == seed
+        assert lstm["test_accuracy"][seed] == config["metrics"]["test"]["accuracy"]
+        assert "test metrics of the best epoch" in (runs / f"lstm-s{seed}.log").read_text()
+    assert "validation loss" not in done.stdout  # the progress of runs side by side goes to their logs

@@ -82,7 +82,7 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
     batches dealt out over ``procs``, ``run_epoch``'s step, autocast to ``dtype``). After each
     epoch ``after_epoch`` gets what resuming needs (``resume`` takes it back): the language
     model, optimizer and schedule states and the losses so far."""
-    from .training import Processes, _restore_rng, _state_copy, deal_out, epoch_order, run_epoch
+    from .training import Processes, deal_out, epoch_order, restore_rng, run_epoch, state_copy
 
     procs = procs or Processes()
     lm = LanguageModel(model).to(device)
@@ -102,7 +102,7 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         losses = list(resume["losses"])
-        _restore_rng(resume, procs)  # after building the heads, whose initialisation draws from it
+        restore_rng(resume, procs)  # after building the heads, whose initialisation draws from it
     try:
         for epoch in range(len(losses) + 1, epochs + 1):
             order = deal_out(epoch_order(n, batch_size * procs.world, seed, 500 + epoch, encoded.lengths),
@@ -118,7 +118,7 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
                 print(f"language model epoch {epoch}/{epochs}: loss {losses[-1]:.4f} "
                       f"(perplexity {float(np.exp(losses[-1])):.0f}) | {time.time() - tick:.0f}s")
             if after_epoch is not None:
-                after_epoch({"lm": _state_copy(lm),
+                after_epoch({"lm": state_copy(lm),
                              "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                              "losses": list(losses)})
     finally:

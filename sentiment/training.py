@@ -354,7 +354,8 @@ def _cpu_copy(state: dict) -> dict:
     return {k: v.detach().to("cpu").clone() for k, v in state.items()}
 
 
-def _state_copy(model: nn.Module) -> dict:
+def state_copy(model: nn.Module) -> dict:
+    """The model's weights copied to the CPU, safe from the training that goes on."""
     return _cpu_copy(model.state_dict())
 
 
@@ -387,6 +388,8 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
 
     # A run cut during --pretrain lm left a checkpoint of the language-model stage.
     lm_checkpoint = checkpoint if checkpoint is not None and checkpoint.get("stage") == "lm" else None
+    # A classifier-stage checkpoint, or None when the classifier starts afresh (after the LM stage too).
+    classifier_checkpoint = checkpoint if lm_checkpoint is None else None
     train_rows, val_rows, test_rows, unlabelled = prepare_data(config, procs)
     if checkpoint is not None:
         encoder = TextEncoder.load(run_dir / "tokenizer.json", config.max_len, config.truncate)
@@ -436,7 +439,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
 
         load_lm_into(model, Path(config.init_from))
         say(f"embedding and encoder initialised from {Path(config.init_from) / 'lm.safetensors'}")
-    elif config.pretrain == "lm" and (checkpoint is None or lm_checkpoint is not None):
+    elif config.pretrain == "lm" and classifier_checkpoint is None:
         from .pretrain import LM_WEIGHTS, pretrain, save_lm
 
         texts = list(train_rows["text"]) + ([] if unlabelled is None else list(unlabelled["text"]))
@@ -455,7 +458,6 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                  device, procs, dtype=dtype, resume=lm_checkpoint, after_epoch=save_lm_stage)
         if procs.main:
             save_lm(model, run_dir / LM_WEIGHTS)
-        checkpoint = None  # the classifier stage starts afresh
     wrapped = model
     if procs.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device_kind == "cuda" else None)
@@ -466,18 +468,19 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                                                    total_steps=config.epochs * steps_per_epoch)
     history: list[dict] = []
     best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf")}
-    best_state = _state_copy(model)
+    best_state = state_copy(model)
     bad_epochs, start_epoch = 0, 0
     average = WeightAverage(model, config.ema) if config.ema else None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        history, best, best_state = checkpoint["history"], checkpoint["best"], checkpoint["best_model"]
-        bad_epochs, start_epoch = checkpoint["bad_epochs"], checkpoint["epoch"]
+    if classifier_checkpoint is not None:
+        model.load_state_dict(classifier_checkpoint["model"])
+        optimizer.load_state_dict(classifier_checkpoint["optimizer"])
+        schedule.load_state_dict(classifier_checkpoint["schedule"])
+        history, best = classifier_checkpoint["history"], classifier_checkpoint["best"]
+        best_state = classifier_checkpoint["best_model"]
+        bad_epochs, start_epoch = classifier_checkpoint["bad_epochs"], classifier_checkpoint["epoch"]
         if average is not None:
-            average.load_state_dict(checkpoint["ema"])
-        _restore_rng(checkpoint, procs)
+            average.load_state_dict(classifier_checkpoint["ema"])
+        restore_rng(classifier_checkpoint, procs)
         say(f"resuming {run_dir} after epoch {start_epoch}")
     else:
         torch.manual_seed(config.seed + procs.rank)
@@ -495,7 +498,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                     weights_dtype=config.weights_dtype)
 
     interrupted = False
-    stopped_early = start_epoch > 0 and checkpoint.get("stopped", False)
+    stopped_early = start_epoch > 0 and classifier_checkpoint.get("stopped", False)
     epoch = start_epoch
     try:
         while epoch < config.epochs and not stopped_early:
@@ -518,7 +521,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                 val = _evaluate(model, val_enc, val_labels, 256, device)
             else:
                 # The averaged weights are the ones validated and saved; training goes on from the raw ones.
-                raw = _state_copy(model)
+                raw = state_copy(model)
                 val = _evaluate_state(model, average.state, val_enc, val_labels, device)
                 model.load_state_dict(raw)
             record = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
@@ -528,7 +531,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
             improved = (val["accuracy"], -val["loss"]) > (best["val_accuracy"], -best["val_loss"])
             if improved:
                 best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-                best_state = _state_copy(model) if average is None else _cpu_copy(average.state)
+                best_state = state_copy(model) if average is None else _cpu_copy(average.state)
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -540,7 +543,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
             if procs.main:
                 if improved:
                     save_best({"metrics": {"validation": val}}, finished=False)
-                _save_atomic({"config": asdict(config), "epoch": epoch, "model": _state_copy(model),
+                _save_atomic({"config": asdict(config), "epoch": epoch, "model": state_copy(model),
                               "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                               "history": history, "best": best, "best_model": best_state,
                               "bad_epochs": bad_epochs, "stopped": stopped_early,
@@ -657,7 +660,8 @@ def _evaluate_state(model, state, encoded, labels, device) -> dict:
     return _evaluate(model, encoded, labels, 256, device)
 
 
-def _restore_rng(checkpoint: dict, procs: Processes) -> None:
+def restore_rng(checkpoint: dict, procs: Processes) -> None:
+    """Put back the random-number states a checkpoint saved for this process (rank)."""
     states = checkpoint["rng"]
     torch.set_rng_state(states[procs.rank] if procs.rank < len(states) else states[0])
 

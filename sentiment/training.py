@@ -44,9 +44,11 @@ RECIPES = {
     # A plain tanh RNN diverged for epochs at a 2e-3 peak (validation 89.4% -> 87.4%) and was
     # still learning after 8 epochs: a gentler peak over more epochs.
     "rnncell": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.0, "ema": 0.999, "adversarial": 0.0},
-    "rnn": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.0, "ema": 0.999, "adversarial": 0.0},
+    # rnn with word dropout 0.1 + adversarial 3, seeds 0-2: mean validation 89.01% against 88.86%
+    # (each seed's default runs averaged), loss lower on every seed. rnncell is the same network
+    # but has not been measured with it (twice the cost of its slow loop).
+    "rnn": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0},
     # Adversarial training: lstm validation 90.5% -> 91.2% (loss 0.253 -> 0.226), seed 0.
-    # rnn gained no validation accuracy (89.7% both; loss 0.276 -> 0.260) at twice the cost.
     "lstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0},
     "bilstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0},
 }

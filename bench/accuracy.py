@@ -121,7 +121,7 @@ def markdown(results: dict) -> str:
             for device in dict.fromkeys(devices))
         seeds = ", ".join(f"{seed}{f' ({device.split()[0]})' if len(set(devices)) > 1 else ''}"
                           for seed, device in zip(r["seeds"], devices))
-        lines.append(f"| {label} | {statistics.mean(accs):.2%} ± {sd} | {verdict} | "
+        lines.append(f"| {label} | {mean:.2%} ± {sd} | {verdict} | "
                      f"{seeds} | {r['shipped_test_accuracy']:.2%} | {times} |")
     if "baseline" in results:
         lines.append(f"| TF-IDF 1-2 grams + logistic regression (scikit-learn) | "

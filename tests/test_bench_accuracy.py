@@ -1,11 +1,9 @@
 """bench/accuracy.py tabulates finished runs: pooled over run folders, chosen on validation."""
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT, run_cli, write_archive, write_stanford_folder
+from conftest import run_cli, write_archive, write_stanford_folder
 
 FAST = "--epochs 2 --embedding-dim 16 --hidden-size 16 --max-len 32 --batch-size 16 --vocab-size 100 --lr 0.01"
 
@@ -27,10 +25,8 @@ def test_runs_of_several_folders_are_pooled_and_the_best_on_validation_is_named(
     _run(gpu / "rnn-s1", "cuda", 0.889, 0.8757, 7.0)
     _run(gpu / "rnn-s2", "cuda", 0.899, 0.8700, 7.0, finished=False)  # cut short: left out
     out = tmp_path / "accuracy.json"
-    done = subprocess.run(
-        [sys.executable, "bench/accuracy.py", "--only-finished", "--no-baseline", "--models", "rnn",
-         "--seeds", "0,1,2", "--runs", f"{cpu},{gpu}", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True)
+    done = run_cli("bench/accuracy.py", "--only-finished", "--no-baseline", "--models", "rnn",
+                   "--seeds", "0,1,2", "--runs", f"{cpu},{gpu}", "--out", out)
     assert done.returncode == 0, done.stderr
     rnn = json.loads(out.read_text())["models"]["rnn"]
     assert rnn["seeds"] == [0, 0, 1]

@@ -115,7 +115,7 @@ def markdown(results: dict) -> str:
         mean = statistics.mean(accs)
         verdict = "" if target is None else f"{target:.1%} ({'met' if mean >= target else f'{(target - mean) * 100:.3f} pt short'})"
         label = name.replace("+lm", " + LM pretraining")
-        devices = r.get("devices") or [r["device"]] * len(accs)
+        devices = r["devices"]
         times = "; ".join(
             f"{statistics.mean(t for t, d in zip(r['wall_time_s'], devices) if d == device) / 60:.1f} min on {device}"
             for device in dict.fromkeys(devices))
@@ -194,7 +194,6 @@ def main() -> None:
             "validation_accuracy": [c["metrics"]["validation"]["accuracy"] for c in configs],
             "test_accuracy": [c["metrics"]["test"]["accuracy"] for c in configs],
             "wall_time_s": [c["trained"]["wall_time_s"] for c in configs],
-            "device": configs[0]["device"],
             "command": configs[0]["command"],
             "shipped_seed": seeds[best],
             "shipped_run": shown(folders[best]),

@@ -119,7 +119,8 @@ def markdown(results: dict) -> str:
         times = "; ".join(
             f"{statistics.mean(t for t, d in zip(r['wall_time_s'], devices) if d == device) / 60:.1f} min on {device}"
             for device in dict.fromkeys(devices))
-        seeds = ", ".join(f"{seed}{f' ({device.split()[0]})' if len(set(devices)) > 1 else ''}"
+        mixed = len(set(devices)) > 1  # then each seed says where it ran
+        seeds = ", ".join(f"{seed} ({device.split()[0]})" if mixed else str(seed)
                           for seed, device in zip(r["seeds"], devices))
         lines.append(f"| {label} | {mean:.2%} ± {sd} | {verdict} | "
                      f"{seeds} | {r['shipped_test_accuracy']:.2%} | {times} |")

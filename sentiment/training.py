@@ -40,19 +40,16 @@ def _opt(help: str, **extra) -> dict:
 
 # Where the best recipe differs by encoder, the option's default comes from here (chosen on
 # validation accuracy; README "Accuracy" has the runs). An option given on the command line wins.
-RECIPES = {
-    # A plain tanh RNN diverged for epochs at a 2e-3 peak (validation 89.4% -> 87.4%) and was
-    # still learning after 8 epochs: a gentler peak over more epochs. Word dropout 0.1 +
-    # adversarial 3, rnn seeds 0-2: mean validation 89.01% against 88.86% (each seed's earlier
-    # default runs averaged), loss lower on every seed. rnncell is the same network in a Python
-    # loop; its runs with this recipe track rnn's epoch by epoch (seed 0: validation 89.76%,
-    # loss 0.252 against 0.275 with the earlier default).
-    "rnncell": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0},
-    "rnn": {"epochs": 12, "lr": 1e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0},
-    # Adversarial training: lstm validation 90.5% -> 91.2% (loss 0.253 -> 0.226), seed 0.
-    "lstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0},
-    "bilstm": {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0},
-}
+# A plain tanh RNN diverged for epochs at a 2e-3 peak (validation 89.4% -> 87.4%) and was
+# still learning after 8 epochs: a gentler peak over more epochs. Word dropout 0.1 +
+# adversarial 3, rnn seeds 0-2: mean validation 89.01% against 88.86% (each seed's earlier
+# default runs averaged), loss lower on every seed. rnncell is the same network in a Python
+# loop; its runs with this recipe track rnn's epoch by epoch (seed 0: validation 89.76%,
+# loss 0.252 against 0.275 with the earlier default).
+_TANH_RNN = {"epochs": 12, "lr": 1e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0}
+# Adversarial training: lstm validation 90.5% -> 91.2% (loss 0.253 -> 0.226), seed 0.
+_LSTM = {"epochs": 8, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0}
+RECIPES = {"rnncell": _TANH_RNN, "rnn": _TANH_RNN, "lstm": _LSTM, "bilstm": _LSTM}
 PER_MODEL = " (default: per --model, see README)"
 
 

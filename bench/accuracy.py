@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -44,6 +45,12 @@ START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 
 def run_dir(runs: Path, kind: str, seed: int, pretrain: bool = False) -> Path:
     return runs / f"{kind}{'-lm' if pretrain else ''}-s{seed}"
+
+
+def for_train(path: Path) -> str:
+    """A path as train.py, run in the repository, is given it: relative to the repository, so
+    the command a bundle records reads the same on every machine (../shared/..., runs/...)."""
+    return os.path.relpath(path.resolve(), ROOT)
 
 
 def shown(path: Path) -> str:
@@ -76,11 +83,12 @@ def train(kind: str, seed: int, args, runs: list[Path]) -> list[tuple[Path, dict
     if args.only_finished:
         print(f"{folder}: not finished, left out", flush=True)
         return []
-    command = [sys.executable, "train.py", "--model", kind, "--seed", str(seed), "--data", args.data,
-               "--device", args.device, "--out", str(folder), "--weights-dtype", "float16",
+    data = for_train(Path(args.data)) if Path(args.data).exists() else args.data  # else a dataset id
+    command = [sys.executable, "train.py", "--model", kind, "--seed", str(seed), "--data", data,
+               "--device", args.device, "--out", for_train(folder), "--weights-dtype", "float16",
                *(["--pretrain", "lm"] if args.pretrain else []), *shlex.split(args.extra)]
     if (folder / "checkpoint.pt").is_file():
-        command = [sys.executable, "train.py", "--resume", str(folder)]
+        command = [sys.executable, "train.py", "--resume", for_train(folder)]
     # Runs side by side would interleave their progress bars: each writes its own log.
     log = folder.with_name(folder.name + ".log") if args.jobs > 1 else None
     print("$", shlex.join(command), *([f">> {log}"] if log else []), flush=True)

@@ -1,9 +1,10 @@
 """bench/accuracy.py tabulates finished runs: pooled over run folders, chosen on validation."""
 import json
+import os
 import statistics
 from pathlib import Path
 
-from conftest import run_cli, write_archive, write_stanford_folder
+from conftest import ROOT, run_cli, write_archive, write_stanford_folder
 
 FAST = "--epochs 2 --embedding-dim 16 --hidden-size 16 --max-len 32 --batch-size 16 --vocab-size 100 --lr 0.01"
 
@@ -48,17 +49,20 @@ def test_jobs_train_side_by_side_each_with_its_log_and_a_failure_is_named(tmp_pa
     runs, out = tmp_path / "runs", tmp_path / "accuracy.json"
     (runs / "lstm-s2").mkdir(parents=True)
     (runs / "lstm-s2" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # a resume that must fail
-    done = run_cli("bench/accuracy.py", "--data", archive, "--models", "lstm", "--seeds", "0,1,2", "--jobs", "3",
-                   "--runs", runs, "--extra", FAST, "--no-baseline", "--out", out)
+    # Run from another folder with relative paths, as a user may: train.py runs in the repository.
+    done = run_cli(ROOT / "bench" / "accuracy.py", "--data", "imdb.tar.gz", "--models", "lstm", "--seeds", "0,1,2",
+                   "--jobs", "3", "--runs", "runs", "--extra", FAST, "--no-baseline", "--out", out, cwd=tmp_path)
     assert done.returncode != 0
-    assert f"{runs / 'lstm-s2'}: train.py exited with status" in done.stderr
-    assert f"its output is in {runs / 'lstm-s2.log'}" in done.stderr
+    assert "runs/lstm-s2: train.py exited with status" in done.stderr
+    assert "its output is in runs/lstm-s2.log" in done.stderr
     assert "checkpoint" in (runs / "lstm-s2.log").read_text()
     lstm = json.loads(out.read_text())["models"]["lstm"]  # the two good runs are tabulated all the same
     assert lstm["seeds"] == [0, 1]
     for seed in (0, 1):
         config = json.loads((runs / f"lstm-s{seed}" / "config.json").read_text())
         assert config["trained"]["finished"] and config["training"]["seed"] == seed
+        # The recorded command names the data as seen from the repository, where train.py runs.
+        assert f"--data {os.path.relpath(archive, ROOT)} " in config["command"]
         assert lstm["test_accuracy"][seed] == config["metrics"]["test"]["accuracy"]
         assert "test metrics of the best epoch" in (runs / f"lstm-s{seed}.log").read_text()
     assert "validation loss" not in done.stdout  # the progress of runs side by side goes to their logs

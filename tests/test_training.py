@@ -153,11 +153,14 @@ def test_resume_after_kill_9_during_language_model_pretraining(slow_archive, tmp
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_keeps_the_best_model(slow_archive, tmp_path):
     out = tmp_path / "run"
+    started = time.time()
     proc = _start_training(slow_archive, out, epochs=5)
     _wait_for_checkpoint(proc, out)
     proc.send_signal(signal.SIGINT)
+    sent = time.time() - started
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    # Once (of many runs) the signal was lost and training ran to the end: keep what it printed.
+    assert proc.returncode == 130, f"SIGINT sent {sent:.2f}s after the start\n{stdout}\n{stderr}"
     assert "interrupted: the best model so far (epoch 1" in stderr and f"--resume {out}" in stderr
     assert "Traceback" not in stderr
     assert load_bundle(out).predict_proba(["a wonderful film"]).shape == (1, 2)

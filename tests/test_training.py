@@ -159,7 +159,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_model(slow_archive, tmp_path):
     proc.send_signal(signal.SIGINT)
     sent = time.time() - started
     stdout, stderr = proc.communicate(timeout=120)
-    # Once (of many runs) the signal was lost and training ran to the end: keep what it printed.
+    # Rarely (twice so far, both on a loaded machine) the signal was lost and training ran to the
+    # end: keep what it printed.
     assert proc.returncode == 130, f"SIGINT sent {sent:.2f}s after the start\n{stdout}\n{stderr}"
     assert "interrupted: the best model so far (epoch 1" in stderr and f"--resume {out}" in stderr
     assert "Traceback" not in stderr

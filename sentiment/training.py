@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -359,6 +362,45 @@ def state_copy(model: nn.Module) -> dict:
     return _cpu_copy(model.state_dict())
 
 
+class CtrlC:
+    """Ctrl-C during training, remembered as well as raised.
+
+    Python's own handler raises KeyboardInterrupt once, wherever the main thread happens to be.
+    Should that be inside code that catches and drops it (a library's callback from C, a
+    finalizer), training would go on as if Ctrl-C had never been pressed; it did, twice, in
+    tests/test_training.py. While ``watching()``, a Ctrl-C is also recorded, and ``check()``,
+    called at every training step and after every epoch, raises it again."""
+
+    def __init__(self):
+        self.pressed = False
+
+    def _handle(self, signum, frame):
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def watching(self):
+        self.pressed = False
+        # Only where Python's default handler is in place: a caller's own handler, or SIGINT
+        # ignored (a background job of a script), stays as it is.
+        own = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        previous = signal.signal(signal.SIGINT, self._handle) if own else None
+        try:
+            yield self
+        finally:
+            if own:
+                signal.signal(signal.SIGINT, previous)
+            self.pressed = False
+
+
+CTRL_C = CtrlC()
+
+
 def _default_out(config: TrainConfig) -> str:
     return str(Path("runs") / f"{config.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
@@ -373,7 +415,8 @@ def train(config: TrainConfig, resume: str | None = None) -> Path:
     device_kind = _device_kind(config.device)
     procs = Processes.start(device_kind)
     try:
-        return _train(config, procs, device_kind, checkpoint, resume)
+        with CTRL_C.watching():
+            return _train(config, procs, device_kind, checkpoint, resume)
     finally:
         procs.close()
 
@@ -556,6 +599,7 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                 _gather_rng(procs)
             if stopped_early:
                 say(f"early stop: no better validation accuracy for {config.patience} epochs")
+            CTRL_C.check()
     except KeyboardInterrupt:
         interrupted = True
 
@@ -605,6 +649,7 @@ def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray
     autocast = torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
     tick = time.time()
     for start in range(0, len(order), batch_size):
+        CTRL_C.check()
         idx = order[start:start + batch_size]
         lengths = torch.from_numpy(encoded.lengths[idx])
         # Batches are cut to their longest review: no step runs over padding alone.

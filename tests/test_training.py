@@ -167,6 +167,42 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_model(slow_archive, tmp_path):
     assert load_bundle(out).predict_proba(["a wonderful film"]).shape == (1, 2)
 
 
+# train.py, but the first time matplotlib saves a figure (after epoch 1) Ctrl-C arrives, and the
+# KeyboardInterrupt it raises is caught and dropped, as a library's callback might.
+SWALLOWED_CTRL_C = """
+import runpy, signal, sys
+import matplotlib.figure
+
+save = matplotlib.figure.Figure.savefig
+
+def savefig(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    if not getattr(savefig, "done", False):
+        savefig.done = True
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt dropped", file=sys.stderr)
+
+matplotlib.figure.Figure.savefig = savefig
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_dropped_by_a_library_still_stops_training(tiny_archive, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("-c", SWALLOWED_CTRL_C, "--model", "lstm", "--data", tiny_archive, "--epochs", "2",
+                     "--out", out, *FAST)
+    assert "KeyboardInterrupt dropped" in result.stderr, result.stderr
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "interrupted: the best model so far (epoch 1" in result.stderr
+    assert "epoch 2/2" not in result.stdout
+    assert len(json.loads((out / "history.json").read_text())) == 1
+    assert load_bundle(out).predict_proba(["a wonderful film"]).shape == (1, 2)
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tiny_archive, tmp_path):
     out = tmp_path / "ddp"

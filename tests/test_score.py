@@ -141,10 +141,10 @@ def test_killed_run_leaves_no_partial_output(tiny_model, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sentiment", "score", str(path), "--model", str(tiny_model),
                              "--out", str(out), "--chunk-size", "1000"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline = time.monotonic() + 120
     while not [p for p in tmp_path.iterdir() if p.name.startswith(".scores.csv.") and p.stat().st_size > 0]:
         assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline
+        assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -499,8 +499,16 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                 _save_atomic({"stage": "lm", "config": asdict(config), **state, "rng": rng, "command": command,
                               "resumed_with": resumed_with, "wall_time_s": wall_time()}, run_dir / CHECKPOINT)
 
-        pretrain(model, encoder.encode(texts), config.pretrain_epochs, config.batch_size, config.lr, config.seed,
-                 device, procs, dtype=dtype, resume=lm_checkpoint, after_epoch=save_lm_stage)
+        try:
+            pretrain(model, encoder.encode(texts), config.pretrain_epochs, config.batch_size, config.lr,
+                     config.seed, device, procs, dtype=dtype, resume=lm_checkpoint, after_epoch=save_lm_stage)
+        except KeyboardInterrupt:
+            if procs.main and (run_dir / CHECKPOINT).is_file():
+                print(f"\ninterrupted while pretraining the language model: its last finished epoch is "
+                      f"in {run_dir}; continue with --resume {run_dir}", file=sys.stderr)
+            elif procs.main:
+                print("\ninterrupted before the first language-model epoch ended: nothing saved", file=sys.stderr)
+            raise
         if procs.main:
             save_lm(model, run_dir / LM_WEIGHTS)
     wrapped = model

@@ -546,6 +546,8 @@ def _train(config: TrainConfig, procs: Processes, device_kind: str, checkpoint: 
                                                                 "epochs_run": len(history),
                                                                 "finished": finished,
                                                                 "wall_time_s": round(wall_time(), 1),
+                                                                # CPU wall time depends on these.
+                                                                "torch_threads": torch.get_num_threads(),
                                                                 "date": datetime.now(timezone.utc).isoformat(
                                                                     timespec="seconds")}},
                     weights_dtype=config.weights_dtype)

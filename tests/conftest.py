@@ -18,6 +18,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# One torch thread per process, here and in every training the tests start. The tests' models
+# are tiny, so a second thread buys nothing, and on a machine that is busy with other work two
+# threads that wait on each other crawl: test_same_seed_gives_the_same_metrics (three small
+# trainings) took 121 s with torch's default of 2 threads and 32 s with one, beside two
+# one-thread trainings on 2 cores (and twice a first epoch of seconds had not ended after
+# 300 s). A value the caller set wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # A private datasets cache for the whole test run (set before datasets is imported),
 # so tests never read or fill the user's cache.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="sentiment-test-hf-")

@@ -91,7 +91,7 @@ def _wait_for_checkpoint(proc, out, timeout=300):
         assert proc.poll() is None, proc.communicate()
         if time.monotonic() > deadline:
             # Twice, on a loaded machine, the first epoch had not ended after 300 s (it takes
-            # seconds): show where the run was.
+            # seconds; two threads per run on busy cores, likely: see conftest.py): show where the run was.
             proc.send_signal(signal.SIGABRT)
             stdout, stderr = proc.communicate()
             pytest.fail(f"no checkpoint after {timeout} s; the run's stacks:\n{stdout}\n{stderr}")

@@ -53,7 +53,7 @@ _TANH_RNN = {"epochs": 12, "lr": 1e-3, "word_dropout": 0.1, "ema": 0.999, "adver
 # Adversarial training: lstm validation 90.5% -> 91.2% (loss 0.253 -> 0.226), seed 0.
 # 10 epochs instead of 8 (every 8-epoch run was still improving at its last epoch), seeds 0-2:
 # lstm validation 91.72/90.84/91.12% against 91.24/90.36/91.00% (mean 91.23 vs 90.87),
-# bilstm 91.20/90.72/91.04% against 90.96/90.56/91.08% (mean 90.99 vs 90.87).
+# bilstm 91.16/90.72/91.04% against 90.96/90.56/91.08% (mean 90.97 vs 90.87).
 _LSTM = {"epochs": 10, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0}
 RECIPES = {"rnncell": _TANH_RNN, "rnn": _TANH_RNN, "lstm": _LSTM, "bilstm": _LSTM}
 PER_MODEL = " (default: per --model, see README)"

@@ -107,10 +107,11 @@ def write_table(path: Path, rows: list[dict]) -> Path:
 
 
 def run_cli(*args, cwd=ROOT, env_extra=None, timeout=600, input=None):
-    """Run a command as a user would, with this checkout importable."""
+    """Run a command as a user would, with this checkout importable; an env_extra value of None unsets it."""
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    env = {name: value for name, value in env.items() if value is not None}
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, input=input)
 

@@ -2,8 +2,6 @@
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 from conftest import ROOT, run_cli, write_archive, write_stanford_folder
@@ -53,11 +51,9 @@ def test_jobs_train_side_by_side_each_with_its_log_and_a_failure_is_named(tmp_pa
     (runs / "lstm-s2" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # a resume that must fail
     # Run from another folder with relative paths, as a user may: train.py runs in the repository.
     # No thread count from the caller: the script shares the cores out between the 3 runs.
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    done = subprocess.run([sys.executable, ROOT / "bench" / "accuracy.py", "--data", "imdb.tar.gz", "--models", "lstm",
-                           "--seeds", "0,1,2", "--jobs", "3", "--runs", "runs", "--extra", FAST, "--no-baseline",
-                           "--out", out], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=600)
+    done = run_cli(ROOT / "bench" / "accuracy.py", "--data", "imdb.tar.gz", "--models", "lstm", "--seeds", "0,1,2",
+                   "--jobs", "3", "--runs", "runs", "--extra", FAST, "--no-baseline", "--out", out, cwd=tmp_path,
+                   env_extra={"OMP_NUM_THREADS": None})
     assert done.returncode != 0
     assert "runs/lstm-s2: train.py exited with status" in done.stderr
     assert "its output is in runs/lstm-s2.log" in done.stderr

@@ -307,6 +307,28 @@ def test_bad_regularisation_options_are_named():
     assert result.returncode == 2 and "--adversarial must be at least 0 (got -1.0)" in result.stderr
 
 
+def test_recipe_sizes_follow_the_model_and_pretraining():
+    from sentiment.training import TrainConfig
+
+    def sizes(**options):
+        config = TrainConfig(**options)
+        return config.embedding_dim, config.num_layers
+
+    assert sizes(model="bilstm") == (256, 2)
+    # A bilstm language model has one layer, and --init-from must match the sizes it was pretrained with.
+    assert sizes(model="bilstm", pretrain="lm") == (128, 1)
+    assert sizes(model="bilstm", init_from="runs/lm") == (128, 1)
+    assert sizes(model="lstm") == sizes(model="rnn") == sizes(model="rnncell") == (128, 1)
+    assert sizes(model="bilstm", num_layers=3, embedding_dim=64) == (64, 3)  # given options win
+
+
+def test_two_layer_bilstm_language_model_is_refused_before_reading_data(tmp_path):
+    result = run_cli("train.py", "--model", "bilstm", "--pretrain", "lm", "--num-layers", "2",
+                     "--data", tmp_path / "missing.tar.gz")
+    assert result.returncode == 2, result.stderr
+    assert "--pretrain lm supports bilstm with --num-layers 1 only (got 2)" in result.stderr
+
+
 @pytest.mark.parametrize("kind", ["rnn", "bilstm"])
 def test_adversarial_perturbation_raises_the_loss_more_than_a_random_one(kind):
     import torch

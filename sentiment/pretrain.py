@@ -36,16 +36,22 @@ LM_WEIGHTS = "lm.safetensors"
 SHARED_PREFIXES = ("embedding.", "encoder.")
 
 
+def check_sizes(kind: str, num_layers: int) -> None:
+    """Refuse the encoders a language model cannot train: a bilstm above one layer."""
+    if kind == "bilstm" and num_layers > 1:
+        # Above the first layer each direction sees the other's state, which has read
+        # the very word it must predict.
+        raise SentimentError(f"--pretrain lm supports bilstm with --num-layers 1 only (got {num_layers}): "
+                             "above the first layer each direction sees the word the other predicts")
+
+
 class LanguageModel(nn.Module):
     """The classifier's embedding and encoder with a word-prediction head per direction."""
 
     def __init__(self, classifier: SentimentRNN):
         super().__init__()
         c = classifier.config
-        if c.kind == "bilstm" and c.num_layers > 1:
-            # Above the first layer each direction sees the other's state, which has read
-            # the very word it must predict.
-            raise SentimentError("--pretrain lm supports bilstm with --num-layers 1 only")
+        check_sizes(c.kind, c.num_layers)
         self.classifier = classifier
         cutoffs = [cut for cut in (1000, 4000) if cut < c.vocab_size - 1] or [max(1, c.vocab_size // 2)]
         self.heads = nn.ModuleList(nn.AdaptiveLogSoftmaxWithLoss(c.hidden_size, c.vocab_size, cutoffs, div_value=4.0)

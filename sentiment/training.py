@@ -164,9 +164,10 @@ class TrainConfig:
         if self.pretrain and self.init_from:
             raise SentimentError("--pretrain and --init-from exclude each other: pretrain here, or start from "
                                  "an earlier run's language model")
-        if self.pretrain and self.model == "bilstm" and self.num_layers > 1:
-            raise SentimentError(f"--pretrain lm supports bilstm with --num-layers 1 only (got {self.num_layers}): "
-                                 "above the first layer each direction sees the word the other predicts")
+        if self.pretrain:
+            from .pretrain import check_sizes
+
+            check_sizes(self.model, self.num_layers)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(kind=self.model, vocab_size=vocab_size, embedding_dim=self.embedding_dim,

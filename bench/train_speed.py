@@ -5,7 +5,8 @@ batch 64, no packing, no masking). Writes bench/results/train_speed.json.
     python bench/train_speed.py --data ../shared/imdb/aclImdb_v1.tar.gz [--reviews 3200]
 
 Every model trains on the same reviews with lstm's default sizes (embedding 128, hidden
-256, 1 layer, batch 64, AdamW; bilstm's default is 2 layers and embedding 256, not measured here) through ``training.run_epoch``, the loop ``train.py`` runs, twice:
+256, 1 layer, batch 64, AdamW; bilstm's default is 2 layers and embedding 256, not measured
+here) through ``training.run_epoch``, the loop ``train.py`` runs, twice:
 as ``train.py`` runs it (``epoch_order``'s length-sorted batches, bfloat16 autocast where
 ``--precision auto`` picks it) and as it ran before those two (shuffled batches, float32).
 An epoch here is ``--reviews`` training reviews; 3,200 is one sorting window of

@@ -229,6 +229,9 @@ def main() -> None:
             target.mkdir(parents=True)
             for name in ("config.json", "tokenizer.json", "model.safetensors", "history.json", "curves.png"):
                 shutil.copy2(folders[best] / name, target / name)
+            from sentiment.card import write_card
+
+            write_card(target)
     if not args.no_baseline:
         results["baseline"] = baseline(args.data)
         results["baseline_command"] = command

@@ -1,15 +1,18 @@
-"""Web page speed: 20 concurrent clients call /predict for 30 s.
-Writes p50/p99 latency, requests/s and errors to bench/results/serve.json.
+"""Server speed: the JSON API (/api/v1/predict) beside the page's Gradio API (/predict).
+Writes latency percentiles, requests/s, reviews/s and errors to bench/results/serve.json.
 
-Two phases, both with 20 clients: "paced", where each client sends one request every
-20/--rate seconds (40 requests/s in all by default, like 20 people using the page at
-once), and "saturated", where each sends its next request as soon as the last returns,
-which measures the most the server can do (there latency is queueing: 20 / throughput).
+Phases, each on a fresh set of measurements (the server is started once):
 
-Clients speak Gradio's HTTP API (POST /gradio_api/call/predict, then read the result
+- ``api_single``: one client sends one review at a time (sequential latency).
+- ``api_batch64``: one client sends batches of 64 reviews (reviews/s).
+- ``api_paced`` / ``gradio_paced``: 20 clients, each sending one review every 20/--rate
+  seconds (40 requests/s in all by default, like 20 people using the page at once).
+- ``api_saturated`` / ``gradio_saturated``: 20 clients, each sending its next request as
+  soon as the last returns (the most the server can do; latency there is queueing).
+
+Gradio's clients speak its HTTP API (POST /gradio_api/call/predict, then read the result
 stream), through the server's queue like every caller; gradio_client itself adds about
-55 ms of client-side work per call on this machine, which would measure the client, not
-the server.
+55 ms of client-side work per call on this machine, which would measure the client.
 
     python bench/serve.py [--model DIR] [--clients 20] [--seconds 30]
 
@@ -87,8 +90,8 @@ def main() -> None:
         texts = reviews(2000)
         clients = [httpx.Client(base_url=url, timeout=60) for _ in range(args.clients)]
 
-        def predict(client: httpx.Client, text: str) -> dict:
-            response = client.post("gradio_api/call/predict", json={"data": [text]})
+        def gradio(client: httpx.Client, i: int) -> int:
+            response = client.post("gradio_api/call/predict", json={"data": [texts[i % len(texts)]]})
             response.raise_for_status()
             event_id = response.json()["event_id"]
             with client.stream("GET", f"gradio_api/call/predict/{event_id}") as stream:
@@ -98,14 +101,20 @@ def main() -> None:
             label = json.loads(body.split("data:", 1)[1].strip().splitlines()[0])[0]["label"]
             if label not in ("positive", "negative"):
                 raise RuntimeError(f"unexpected label {label!r}")
-            return label
+            return 1
 
-        # Warm-up, not measured: each client opens its connection, and the server its
-        # worker threads (without it the first second shows 350 ms latencies, all from set-up).
-        for client in clients:
-            predict(client, texts[0])
-        def phase(seconds: float, interval: float | None) -> dict:
+        def api(client: httpx.Client, i: int, size: int = 1) -> int:
+            batch = [texts[(i * size + j) % len(texts)] for j in range(size)]
+            response = client.post("api/v1/predict", json={"texts": batch})
+            response.raise_for_status()
+            results = response.json()["results"]
+            if len(results) != size or any(r["label"] not in ("positive", "negative") for r in results):
+                raise RuntimeError(f"unexpected answer {results[:2]!r}")
+            return size
+
+        def phase(call, clients_used: int, seconds: float, interval: float | None) -> dict:
             latencies: list[float] = []
+            reviews_done = [0]
             errors: list[str] = []
             lock = threading.Lock()
             started = time.time()
@@ -113,47 +122,60 @@ def main() -> None:
 
             def drive(i: int) -> None:
                 n = i
-                due = started + (interval or 0) * i / args.clients
+                due = started + (interval or 0) * i / clients_used
                 while time.time() < stop_at:
                     if interval:
                         time.sleep(max(0.0, due - time.time()))
                         due += interval
-                    text = texts[n % len(texts)]
-                    n += args.clients
                     start = time.perf_counter()
                     try:
-                        predict(clients[i], text)
+                        done = call(clients[i], n)
                         with lock:
                             latencies.append(time.perf_counter() - start)
+                            reviews_done[0] += done
                     except Exception as exc:  # every failure is counted and reported
                         with lock:
                             errors.append(f"{type(exc).__name__}: {exc}")
+                    n += clients_used
 
-            threads = [threading.Thread(target=drive, args=(i,)) for i in range(args.clients)]
+            threads = [threading.Thread(target=drive, args=(i,)) for i in range(clients_used)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             elapsed = time.time() - started
-            lat = np.array(latencies) * 1000
-            return {"seconds": round(elapsed, 1), "requests": len(latencies), "errors": len(errors),
-                    "error_examples": errors[:5], "requests_per_s": round(len(latencies) / elapsed, 1),
+            lat = np.array(latencies or [float("nan")]) * 1000
+            return {"clients": clients_used, "seconds": round(elapsed, 1), "requests": len(latencies),
+                    "errors": len(errors), "error_examples": errors[:5],
+                    "requests_per_s": round(len(latencies) / elapsed, 1),
+                    "reviews_per_s": round(reviews_done[0] / elapsed, 1),
                     "latency_ms": {q: round(float(np.percentile(lat, p)), 1)
                                    for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))}}
 
-        # A further 3 s at the paced rate, not measured: the first second after a burst of
-        # new clients shows 400 ms latencies while the server's worker threads ramp up.
-        phase(3.0, args.clients / args.rate)
-        paced = phase(args.seconds, args.clients / args.rate)
-        saturated = phase(args.saturated_seconds, None)
+        # Warm-up, not measured: each client opens its connection, and the server its
+        # worker threads (without it the first second shows 350 ms latencies, all from set-up).
+        for i, client in enumerate(clients):
+            gradio(client, i)
+            api(client, i)
+        interval = args.clients / args.rate
+        phases = {}
+        phases["api_single"] = phase(api, 1, args.seconds / 2, None)
+        phases["api_batch64"] = phase(lambda c, i: api(c, i, 64), 1, args.seconds / 2, None)
+        for name, call in (("api", api), ("gradio", gradio)):
+            # A further 3 s at the paced rate, not measured: the first second after a burst of
+            # new clients shows 400 ms latencies while the server's worker threads ramp up.
+            phase(call, args.clients, 3.0, interval)
+            phases[f"{name}_paced"] = phase(call, args.clients, args.seconds, interval)
+            phases[f"{name}_saturated"] = phase(call, args.clients, args.saturated_seconds, None)
     finally:
         server.terminate()
         server.wait(timeout=30)
     result = {
         "command": " ".join(["python", "bench/serve.py", *sys.argv[1:]]),
         "clients": args.clients, "cpus": os.cpu_count(), "paced_rate_requested": args.rate,
-        "warm_up": "one request per client, then 3 s at the paced rate, not measured",
-        "paced": paced, "saturated": saturated,
+        "warm_up": "one request of each API per client, and 3 s at the paced rate before each paced phase, "
+                   "not measured",
+        **phases,
     }
     print(json.dumps(result, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -12,14 +12,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import csv  # noqa: E402
-import gc  # noqa: E402
-import socket  # noqa: E402
 import tempfile  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import threading  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+
 from .errors import SentimentError  # noqa: E402
-from .predict import Classifier  # noqa: E402
+from .predict import NOTHING_TO_JUDGE, Classifier  # noqa: E402
 
 EXAMPLES = [
     "One of the best films I have seen this year. The cast is superb and the ending moved me to tears.",
@@ -51,42 +52,48 @@ class ServeConfig:
     share: bool = field(default=False, metadata={"help": "also open a public gradio.live share link"})
     max_chars: int = field(default=100_000, metadata={"help": "longest review accepted, in characters",
                                                       "metavar": "N"})
-    max_upload_mb: int = field(default=20, metadata={"help": "largest file accepted by the file tab, in MB",
-                                                     "metavar": "MB"})
+    max_upload_mb: int = field(default=20, metadata={
+        "help": "largest file accepted by the file tab, and largest request body, in MB", "metavar": "MB"})
+    max_batch: int = field(default=128, metadata={"help": "most texts in one JSON API request (run as one batch)",
+                                                  "metavar": "N"})
     precision: str = field(default="auto", metadata={
         "help": "auto: bfloat16 where the CPU/GPU has it, else float32", "choices": ("auto", "float32", "bfloat16")})
     concurrency: int = field(default=4, metadata={"help": "requests computed at once; the rest wait in a queue",
                                                   "metavar": "N"})
 
     def __post_init__(self):
-        for name in ("port", "max_chars", "max_upload_mb", "concurrency"):
+        for name in ("port", "max_chars", "max_upload_mb", "max_batch", "concurrency"):
             if getattr(self, name) < 1:
                 raise SentimentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.port > 65535:
+            raise SentimentError(f"--port must be at most 65535 (got {self.port})")
 
 
-def model_card(name: str, clf: Classifier) -> str:
-    c = clf.config
-    test = (c.get("metrics") or {}).get("test") or {}
-    trained = c.get("trained") or {}
-    accuracy = f"{test['accuracy']:.2%} on {test.get('n', '?')} test reviews" if "accuracy" in test else "not recorded"
-    return "\n".join([
-        f"**{name}** (`{clf.path}`)",
-        f"- model: `{c['model']['kind']}`, embedding {c['model']['embedding_dim']}, hidden "
-        f"{c['model']['hidden_size']}, {c['model']['num_layers']} layer(s)",
-        f"- test accuracy: {accuracy}",
-        f"- vocabulary: {c['text']['vocab_size'] - 2:,} words + `<unk>`, `<pad>`; reads at most "
-        f"{c['text']['max_len']} tokens ({c['text']['truncate']} of a longer review)",
-        f"- trained: {trained.get('date', 'unknown date')} on {c.get('device', 'unknown device')}",
-    ])
+def card_text(clf: Classifier) -> str:
+    """The bundle's model card (its README.md, else one made from its config.json), for people."""
+    from .card import CARD, card_body, card_markdown
+
+    path = Path(clf.path) / CARD if clf.path else None
+    try:
+        card = path.read_text(encoding="utf-8") if path and path.is_file() else card_markdown(clf.config)
+    except (OSError, UnicodeDecodeError):
+        card = card_markdown(clf.config)
+    return card_body(card)
 
 
-def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = None):
-    """The page, for ``classifiers`` (name -> Classifier; the first is the main model)."""
+def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = None,
+              gate: threading.Semaphore | None = None):
+    """The page, for ``classifiers`` (name -> Classifier; the first is the main model).
+
+    ``gate`` bounds the model computations running at once; the server shares one gate
+    between this page and its JSON API, so --concurrency holds for both together.
+    """
     import gradio as gr
 
     from .score import ScoreConfig, score
 
     config = config or ServeConfig()
+    gate = gate or nullcontext()
     if not classifiers:
         raise SentimentError("no model to serve")
     names = list(classifiers)
@@ -98,15 +105,23 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
             raise gr.Error(f"The review is {len(text):,} characters long; the limit is {config.max_chars:,}.")
         return text
 
-    def predict(text: str) -> dict[str, float]:
-        p = main.predict_proba([check(text)])[0]
-        return {label: float(v) for label, v in zip(main.classes_, p)}
+    def predict(text: str) -> dict[str, float] | str:
+        text = check(text)
+        with gate:
+            result = main.scores([text])
+        if not result.judged[0]:
+            return NOTHING_TO_JUDGE
+        p = float(result.p_positive[0])
+        return {main.classes_[0]: 1.0 - p, main.classes_[1]: p}
 
     def explain(text: str):
         text = check(text)
         if not text.strip():
             return [], "Type or paste a review to see which words drove the prediction."
-        e = main.explain(text)
+        with gate:
+            e = main.explain(text)
+        if not any(k and known for k, known in zip(e.kept, e.known)):
+            return [(text, None)], f"No verdict, {NOTHING_TO_JUDGE}: every word is outside the vocabulary."
         scale = max((abs(c) for c in e.contributions), default=0.0)
         pieces = [(piece, contribution_class(score, scale)) for piece, score in e.highlighted()]
         pos = ", ".join(f"**{w}** (+{c:.3f})" for w, c in e.top(5, positive=True)) or "none"
@@ -120,7 +135,8 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
         text = check(text)
         if not text.strip():
             return [], ""
-        e = main.read(text)
+        with gate:
+            e = main.read(text)
         tokens = [(w.lower() + " ", "cut" if not k else ("<unk>" if not known else "read"))
                   for w, known, k in zip(e.words, e.known, e.kept)]
         unknown = sum(1 for known, k in zip(e.known, e.kept) if k and not known)
@@ -134,8 +150,12 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
         text = check(text)
         rows = []
         for name, clf in classifiers.items():
-            p = float(clf.predict_proba([text])[0, 1])
-            rows.append([name, clf.config["model"]["kind"], clf.classes_[int(p >= 0.5)], round(p, 4)])
+            with gate:
+                [result] = clf([text])
+            if result["label"] is None:
+                rows.append([name, clf.config["model"]["kind"], NOTHING_TO_JUDGE, None])
+            else:
+                rows.append([name, clf.config["model"]["kind"], result["label"], round(result["p_positive"], 4)])
         return rows
 
     def score_file(path: str | None):
@@ -143,7 +163,8 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
             raise gr.Error("Choose a .txt, .csv or .jsonl file first.")
         out = Path(tempfile.mkdtemp(prefix="sentiment-scores-")) / f"{Path(path).stem}-scored.csv"
         try:
-            counts = score(ScoreConfig(inputs=[path], out=str(out), on_error="skip", progress=False), main)
+            with gate:
+                counts = score(ScoreConfig(inputs=[path], out=str(out), on_error="skip", progress=False), main)
         except SentimentError as exc:
             raise gr.Error(str(exc)) from None
         with open(out, newline="", encoding="utf-8") as fh:
@@ -189,10 +210,12 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
             download = gr.File(label="Download the scores (CSV)", elem_id="download")
         with gr.Tab("Model card"):
             for name, clf in classifiers.items():
-                gr.Markdown(model_card(name, clf))
+                gr.Markdown(f"## {name}\n`{clf.path}`\n\n" + card_text(clf), elem_classes="model-card")
 
-        # The button's events are the public API; typing runs the same functions privately.
-        # always_last: while one prediction runs, only the newest text waits (a debounce).
+        # The button's events are the public API; any change of the text (typing, paste,
+        # drop, autofill, an example clicked) runs the same functions privately: .input
+        # fires on key presses alone in this gradio. always_last: while one prediction
+        # runs, only the newest text waits (a debounce).
         views = [(predict, label, "predict"), (explain, [why, why_summary], "explain"),
                  (seen, [saw, saw_notice], "seen")]
         if len(classifiers) > 1:
@@ -200,38 +223,8 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
         for fn, outputs, name in views:
             button.click(fn, review, outputs, api_name=name, trigger_mode="always_last",
                          api_visibility="private" if name == "seen" else "public")
-            review.input(fn, review, outputs, api_name=f"{name}_live", api_visibility="private",
+            review.change(fn, review, outputs, api_name=f"{name}_live", api_visibility="private",
                          trigger_mode="always_last", show_progress="hidden")
         score_button.click(score_file, upload, [scored, download, score_note], api_name="score_file")
     demo.queue(default_concurrency_limit=config.concurrency)
     return demo
-
-
-def load_models(paths: list[str], precision: str = "float32") -> dict[str, Classifier]:
-    from .bundle import default_model_dir, load_bundle, model_names
-
-    paths = paths or [str(default_model_dir())]
-    return {name: load_bundle(path, precision=precision) for name, path in zip(model_names(paths), paths)}
-
-
-def launch(config: ServeConfig, **extra):
-    classifiers = load_models(config.models, config.precision)
-    for clf in classifiers.values():
-        clf.warm_up()
-    demo = build_app(classifiers, config)
-    # What is loaded now lives as long as the server: keep it out of the garbage
-    # collector's full passes, which otherwise pause every request now and then.
-    gc.collect()
-    gc.freeze()
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server itself binds
-        try:
-            probe.bind((config.host, config.port))
-        except OSError as exc:
-            raise SentimentError(f"cannot listen on {config.host}:{config.port} ({exc.strerror}); "
-                                 "pass another --port") from None
-    print(f"serving {', '.join(f'{n} ({c.path})' for n, c in classifiers.items())} on "
-          f"http://{config.host}:{config.port}/ (Ctrl-C to stop{'' if config.share else '; --share for a public link'})",
-          flush=True)
-    return demo.launch(server_name=config.host, server_port=config.port, share=config.share, ssr_mode=False,
-                       max_file_size=f"{config.max_upload_mb}mb", quiet=not config.share, **extra)

@@ -16,7 +16,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .card import CARD, card_markdown
 from .errors import SentimentError
+from .files import umask
 from .models import ModelConfig, SentimentRNN
 from .predict import Classifier
 from .text import TextEncoder
@@ -60,16 +62,16 @@ def save_bundle(path: str | Path, model: SentimentRNN, encoder: TextEncoder, con
             "weights": {"dtype": weights_dtype, "sha256": _sha256(tmp / WEIGHTS)},
         }
         (tmp / CONFIG).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+        (tmp / CARD).write_text(card_markdown(full))
         # mkdtemp makes a private folder; a bundle is as readable as any file the user writes.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        for name in BUNDLE_FILES:
-            os.chmod(tmp / name, 0o666 & ~umask)
+        mask = umask()
+        os.chmod(tmp, 0o777 & ~mask)
+        for name in (*BUNDLE_FILES, CARD):
+            os.chmod(tmp / name, 0o666 & ~mask)
         if not path.exists():
             os.rename(tmp, path)
             return path
-        for name in BUNDLE_FILES:
+        for name in (*BUNDLE_FILES, CARD):
             os.replace(tmp / name, path / name)
         return path
     finally:

@@ -37,10 +37,11 @@ def _score_parser(parser: argparse.ArgumentParser) -> None:
 
 def _score(args: argparse.Namespace) -> int:
     from .bundle import default_model_dir, load_bundle
-    from .score import ScoreConfig, score
+    from .score import ScoreConfig, check_inputs, score
 
     config = from_args(ScoreConfig, args, inputs=args.inputs)
-    config.output_format()  # a bad --out/--format fails before the model loads
+    config.output_format()  # a bad --out/--format, or an input it would replace, fails before the model loads
+    check_inputs(config.inputs, config.out)
     classifier = load_bundle(config.model or default_model_dir(), precision=config.precision)
     counts = score(config, classifier)
     print(counts.line(), file=sys.stderr)
@@ -118,7 +119,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def serve() -> int:
-        from .app import launch
+        from .server import launch
 
         launch(from_args(ServeConfig, args))
         return 0

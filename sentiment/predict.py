@@ -12,6 +12,9 @@ from .models import SentimentRNN
 from .text import PAD_ID, UNK_ID, Encoded, TextEncoder
 
 LABELS = ("negative", "positive")
+# A review with no word of the vocabulary among those the model reads (an empty one, say)
+# gives the model nothing but padding and <unk>: its output then says nothing about the text.
+NOTHING_TO_JUDGE = "nothing to judge: no known words"
 PRECISIONS = ("auto", "float32", "bfloat16")
 SMALL_BATCH, WIDTH_STEP = 16, 32
 
@@ -64,6 +67,34 @@ def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int 
             result[idx] = torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
     model.train(was_training)
     return result
+
+
+@dataclass
+class Scores:
+    """What the model made of a list of reviews, in input order."""
+
+    p_positive: np.ndarray   # float64 [n]
+    known_words: np.ndarray  # int64 [n]: words of the vocabulary among those the model read
+
+    @property
+    def judged(self) -> np.ndarray:
+        """Whether each review gave the model anything to judge (at least one known word)."""
+        return self.known_words > 0
+
+    def labels(self) -> list[str | None]:
+        """The label of each review, None where there is nothing to judge."""
+        return [LABELS[int(p >= 0.5)] if k else None for p, k in zip(self.p_positive, self.known_words)]
+
+    def results(self) -> list[dict]:
+        out = []
+        for label, p, known in zip(self.labels(), self.p_positive.tolist(), self.known_words.tolist()):
+            if label is None:
+                out.append({"label": None, "score": None, "p_positive": None, "known_words": 0,
+                            "note": NOTHING_TO_JUDGE})
+            else:
+                out.append({"label": label, "score": p if label == LABELS[1] else 1.0 - p, "p_positive": p,
+                            "known_words": known, "note": None})
+        return out
 
 
 @dataclass
@@ -138,9 +169,23 @@ class Classifier:
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """[n, 2] probabilities: column 0 negative, column 1 positive."""
-        texts = self._as_list(texts)
-        p = positive_probability(self.model, self.encoder.encode(texts), batch_size, self.device)
+        p = self.scores(texts, batch_size).p_positive
         return np.stack([1.0 - p, p], axis=1)
+
+    def scores(self, texts: Sequence[str], batch_size: int = 256) -> "Scores":
+        """P(positive) of each review and how many known words the model read in it."""
+        encoded = self.encoder.encode(self._as_list(texts))
+        known = ((encoded.ids != UNK_ID) & (encoded.ids != PAD_ID)).sum(axis=1)
+        return Scores(positive_probability(self.model, encoded, batch_size, self.device), known)
+
+    def __call__(self, texts: Sequence[str], batch_size: int = 256) -> list[dict]:
+        """One result per review, shaped as a ``transformers`` sentiment pipeline's.
+
+        ``{"label", "score", "p_positive", "known_words", "note"}``: ``score`` is the
+        probability of ``label``. A review with no known words gets no verdict: ``label``,
+        ``score`` and ``p_positive`` are None and ``note`` says why.
+        """
+        return self.scores([texts] if isinstance(texts, str) else texts, batch_size).results()
 
     def read(self, text: str) -> Explanation:
         """The words of ``text`` as the model reads them (known or ``<unk>``, kept or cut), without scores."""

@@ -20,10 +20,14 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 
 from .data import decode, iter_rows
 from .errors import SentimentError
+from .files import umask
 from .predict import Classifier
 
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
 TEXT_COLUMNS = ("text", "review")
+# known_words 0 marks a row the model could not judge (no word of its vocabulary): its
+# prediction and p_positive stay empty, but the row is written like every other.
+OUR_COLUMNS = ("source", "row", "prediction", "p_positive", "known_words", "error")
 INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
 
 
@@ -137,13 +141,18 @@ def read_inputs(inputs: Sequence[str], text_column: str | None = None) -> Iterat
                                  f"{', '.join(INPUT_SUFFIXES)}, a folder of .txt files, or - for stdin")
 
 
-def check_inputs(inputs: Sequence[str]) -> None:
-    """Fail before any work on an input that does not exist."""
+def check_inputs(inputs: Sequence[str], out: str | None = None) -> None:
+    """Fail before any work on an input that does not exist, or an output that would replace an input."""
     if not inputs:
         raise SentimentError("no input given: name files, folders, or - for standard input")
     for name in inputs:
         if name != "-" and not Path(name).exists():
             raise SentimentError(f"{name}: no such file or directory")
+    if out and Path(out).exists():
+        for name in inputs:
+            if name != "-" and Path(name).is_file() and os.path.samefile(name, out):
+                raise SentimentError(f"--out {out} is the input {name}: scoring would replace it; "
+                                     "write the scores to another file")
 
 
 # --- scoring -------------------------------------------------------------------
@@ -182,13 +191,14 @@ class OutputRows:
         record = next((r for r in chunk if r.error is None), chunk[0])
         input_columns = [str(c) for c in record.columns]
         # Our columns never overwrite an input column of the same name.
-        for ours in ("source", "row", "prediction", "p_positive", "error"):
+        for ours in OUR_COLUMNS:
             self.names[ours] = _free_name(ours, input_columns)
         n = self.names
-        self.columns = [n["source"], n["row"], *input_columns, n["prediction"], n["p_positive"], n["error"]]
+        self.columns = [n["source"], n["row"], *input_columns, *(n[c] for c in OUR_COLUMNS[2:])]
         self.first_source = record.source
 
-    def row(self, record: Record, label: str | None, p_positive: float | None) -> dict[str, Any]:
+    def row(self, record: Record, label: str | None, p_positive: float | None,
+            known_words: int | None) -> dict[str, Any]:
         if record.error is None:
             extra = [str(c) for c in record.columns if str(c) not in self.columns]
             if extra:
@@ -198,7 +208,7 @@ class OutputRows:
         out = {c: None for c in self.columns}
         out.update({str(k): v for k, v in record.columns.items()})
         out.update({n["source"]: record.source, n["row"]: record.row, n["prediction"]: label,
-                    n["p_positive"]: p_positive, n["error"]: record.error})
+                    n["p_positive"]: p_positive, n["known_words"]: known_words, n["error"]: record.error})
         return out
 
 
@@ -207,6 +217,7 @@ class Counts:
     read: int = 0
     written: int = 0
     errors: int = 0
+    unjudged: int = 0
     undecodable_rows: int = 0
     undecodable_bytes: int = 0
 
@@ -214,6 +225,8 @@ class Counts:
         text = f"rows read: {self.read}, rows written: {self.written}"
         if self.errors:
             text += f", error rows: {self.errors}"
+        if self.unjudged:
+            text += f", rows with no known words (no prediction): {self.unjudged}"
         if self.undecodable_bytes:
             text += (f"; {self.undecodable_bytes} undecodable bytes in {self.undecodable_rows} rows "
                      "were replaced with U+FFFD")
@@ -235,16 +248,17 @@ def score_rows(classifier: Classifier, records: Iterable[Record], chunk_size: in
                 counts.undecodable_bytes += record.undecodable
         output.start(chunk)
         good = [r for r in chunk if r.error is None]
-        proba = classifier.predict_proba([r.text for r in good], batch_size) if good else []
-        scored = iter(proba)
+        scores = classifier.scores([r.text for r in good], batch_size) if good else None
+        scored = zip(scores.labels(), scores.p_positive.tolist(), scores.known_words.tolist()) if good else iter(())
         rows = []
         for record in chunk:
             if record.error is None:
-                p = float(next(scored)[1])
-                rows.append(output.row(record, classifier.classes_[int(p >= 0.5)], round(p, 6)))
+                label, p, known = next(scored)
+                counts.unjudged += label is None
+                rows.append(output.row(record, label, None if label is None else round(p, 6), known))
             else:
                 counts.errors += 1
-                rows.append(output.row(record, None, None))
+                rows.append(output.row(record, None, None, None))
         counts.written += len(rows)
         yield rows
 
@@ -305,7 +319,7 @@ class _ParquetWriter:
 def score(config: ScoreConfig, classifier: Classifier) -> Counts:
     """Run ``sentiment score``: read, score and write every input row."""
     fmt = config.output_format()
-    check_inputs(config.inputs)
+    check_inputs(config.inputs, config.out)
     if fmt == "parquet" and not config.out:
         raise SentimentError("--format parquet needs --out FILE (parquet cannot stream to a terminal)")
     counts = Counts()
@@ -338,7 +352,7 @@ def score(config: ScoreConfig, classifier: Classifier) -> Counts:
         if bar is not None:
             bar.close()
         if not wrote_any and fmt == "csv":
-            stream.write(",".join(("source", "row", "prediction", "p_positive", "error")) + "\n")
+            stream.write(",".join(OUR_COLUMNS) + "\n")
         writer.close()
         if stream is not None and stream is not sys.stdout:
             stream.close()
@@ -346,7 +360,7 @@ def score(config: ScoreConfig, classifier: Classifier) -> Counts:
         if tmp_path:
             if fmt == "parquet" and not wrote_any:
                 _empty_parquet(tmp_path)
-            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.chmod(tmp_path, 0o666 & ~umask())
             os.replace(tmp_path, config.out)
             tmp_path = None
     finally:
@@ -361,11 +375,5 @@ def _empty_parquet(path: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({c: pa.array([], pa.string()) for c in ("source", "row", "prediction", "error")}
-                            | {"p_positive": pa.array([], pa.float64())}), path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    types = {"p_positive": pa.float64(), "known_words": pa.int64()}
+    pq.write_table(pa.table({c: pa.array([], types.get(c, pa.string())) for c in OUR_COLUMNS}), path)

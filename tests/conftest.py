@@ -129,3 +129,63 @@ def tiny_model(tmp_path_factory, stanford_archive) -> Path:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         train(config)
     return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python serve.py ARGS`` on a free port of 127.0.0.1, as a user starts it."""
+
+    def __init__(self, *args, log: Path):
+        import subprocess
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = log
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        with open(log, "w") as fh:
+            self.proc = subprocess.Popen([sys.executable, "serve.py", "--port", str(self.port), *map(str, args)],
+                                         cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180) -> "Server":
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"serve.py exited: {self.log.read_text()}"
+            try:
+                if httpx.get(self.url + "healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"serve.py not ready in {timeout} s: {self.log.read_text()}"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model, tmp_path_factory):
+    """The tiny model twice (as "tiny" and "again"), served as a user would serve it, with small limits."""
+    import shutil
+
+    again = tmp_path_factory.mktemp("again") / "again"
+    shutil.copytree(tiny_model, again)
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    running = Server("--model", tiny_model, "--model", again, "--precision", "float32", "--max-chars", "5000",
+                     "--max-batch", "8", "--max-upload-mb", "1", log=log).wait_ready()
+    yield running
+    running.stop()

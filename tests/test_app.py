@@ -1,4 +1,7 @@
-"""The web page, through its API (gradio_client) and in a real headless Chromium."""
+"""The web page, through its API (gradio_client) and in a real headless Chromium.
+
+Every test here talks to ``python serve.py`` started as a user starts it (conftest's
+``server``: the page and the JSON API on one port)."""
 import os
 import shutil
 import socket
@@ -6,37 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 
 gr = pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
 from sentiment import load_bundle  # noqa: E402
-from sentiment.app import ServeConfig, build_app  # noqa: E402
 
 POSITIVE_REVIEW = "wonderful superb the film was loved and brilliant the plot moving"
 NEGATIVE_REVIEW = "awful boring the film was hated and terrible the plot dull"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model):
-    classifiers = {"tiny": load_bundle(tiny_model), "again": load_bundle(tiny_model)}
-    demo = build_app(classifiers, ServeConfig(max_chars=5000))
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            share=False, ssr_mode=False, quiet=True)
-    yield url
-    demo.close()
-
-
 @pytest.fixture(scope="module")
 def client(server):
-    return Client(server, analytics_enabled=False, verbose=False)
+    return Client(server.url, analytics_enabled=False, verbose=False)
 
 
 def test_predict_endpoint_returns_both_probabilities(client, tiny_model):
@@ -47,6 +33,16 @@ def test_predict_endpoint_returns_both_probabilities(client, tiny_model):
     assert confidences["negative"] == pytest.approx(expected[0], abs=1e-6)
     assert confidences["positive"] == pytest.approx(expected[1], abs=1e-6)
     assert client.predict(NEGATIVE_REVIEW, api_name="/predict")["label"] == "negative"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "zzzq qqqx"])
+def test_nothing_to_judge_is_said_not_guessed(client, text):
+    result = client.predict(text, api_name="/predict")
+    assert result["label"] == "nothing to judge: no known words"
+    assert not result.get("confidences")
+    rows = client.predict(text, api_name="/compare")
+    rows = rows["data"] if isinstance(rows, dict) else rows
+    assert [(r[2], r[3]) for r in rows] == [("nothing to judge: no known words", None)] * 2
 
 
 def test_explain_is_faithful(client, tiny_model):
@@ -97,20 +93,25 @@ def test_serve_refuses_a_broken_model_in_one_line(tmp_path):
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+def _open_page(p, url):
+    chrome = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"])
+    page = chrome.new_page()
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:",
+                                                                                 "blob:")) else None)
+    page.goto(url)
+    return chrome, page, outside
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (apt-get install chromium)")
 def test_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    outside = []
     with sync_playwright() as p:
-        chrome = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"])
-        page = chrome.new_page()
-        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:",
-                                                                                     "blob:")) else None)
-        page.goto(server)
+        chrome, page, outside = _open_page(p, server.url)
         box = page.locator("#review textarea")
         box.press_sequentially(NEGATIVE_REVIEW)  # typed key by key, as a person would
         expect(page.locator("#label")).to_contain_text("negative", timeout=20_000)
@@ -122,6 +123,37 @@ def test_in_a_real_browser(server, tmp_path):
         expect(page.locator("#saw-notice")).to_contain_text("words read", timeout=20_000)
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         print(f"screenshot: {tmp_path / 'page.png'}")
+        page.get_by_role("tab", name="Model card").click()
+        expect(page.locator(".model-card").first).to_contain_text("Intended use", timeout=20_000)
+        expect(page.locator(".model-card").first).to_contain_text("Limitations")
+        chrome.close()
+    assert outside == [], f"requests left 127.0.0.1: {outside}"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (apt-get install chromium)")
+@pytest.mark.parametrize("how", ["paste", "fill", "example"])
+def test_text_that_arrives_at_once_updates_the_page(server, how):
+    """Paste, drop and autofill put the whole text in one input event; an example click sets it from code."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        chrome, page, outside = _open_page(p, server.url)
+        box = page.locator("#review textarea")
+        if how == "paste":
+            box.click()
+            page.keyboard.insert_text(NEGATIVE_REVIEW)  # what a paste delivers: one insertText input event
+            expected = "negative"
+        elif how == "fill":
+            box.fill(POSITIVE_REVIEW)  # autofill and drop: the value set at once
+            expected = "positive"
+        else:
+            page.get_by_text("One of the best films").first.click()
+            expected = "positive"
+        expect(page.locator("#label")).to_contain_text(expected, timeout=20_000)
+        expect(page.locator("#why")).to_contain_text("strong", timeout=20_000)
+        expect(page.locator("#saw-notice")).to_contain_text("words read", timeout=20_000)
+        box.fill("")
+        expect(page.locator("#label")).to_contain_text("nothing to judge", timeout=20_000)
         chrome.close()
     assert outside == [], f"requests left 127.0.0.1: {outside}"
 

@@ -29,7 +29,8 @@ def bundle(tmp_path):
 
 def test_round_trip_predicts_exactly_what_the_model_did(bundle):
     path, model, encoder = bundle
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                      "tokenizer.json"]
     clf = load_bundle(path)
     proba = clf.predict_proba(TEXTS)
     assert proba.shape == (4, 2)
@@ -142,3 +143,28 @@ def test_default_model_is_the_shipped_one_best_on_validation(tmp_path):
     assert default_model_dir(tmp_path) == tmp_path / "lstm"
     assert default_model_dir(SHIPPED_MODELS).parent == SHIPPED_MODELS
     assert load_bundle(default_model_dir()).predict(["a wonderful film"])[0] in ("positive", "negative")
+
+
+def test_model_card_carries_the_metadata_and_figures_of_config(tiny_model, tmp_path):
+    from sentiment.card import card_body, write_card
+
+    config = json.loads((tiny_model / "config.json").read_text())
+    card = (tiny_model / "README.md").read_text()
+    front, body = card.split("\n---\n", 1)
+    assert front.startswith("---\nlanguage: en\nlibrary_name: pytorch\n")
+    assert "datasets: [stanfordnlp/imdb]" in front  # trained on the Stanford archive
+    assert f"    - {{type: accuracy, value: {round(config['metrics']['test']['accuracy'], 6)}}}" in front
+    for section in ("## Intended use", "## Training", "## Evaluation", "## Limitations"):
+        assert section in body
+    assert f"Command: `{config['command']}`" in body
+    test_n = config["metrics"]["test"]["n"]
+    assert f"| test | {test_n:,} | {config['metrics']['test']['accuracy']:.2%} |" in body
+    assert "Calibration: none fitted" in body
+    assert card_body(card) == body.lstrip("\n")
+    # Rewritten from a changed config.json, as bench/accuracy.py --ship does for a shipped model.
+    config["calibration"] = {"method": "temperature", "temperature": 1.5}
+    config["metrics"]["short_text"] = {"n": 10, "accuracy": 0.7, "ece": 0.05}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    rewritten = write_card(tmp_path).read_text()
+    assert "Calibration: method temperature, temperature 1.5." in rewritten
+    assert "| short_text | 10 | 70.00% |" in rewritten and "not measured" in rewritten

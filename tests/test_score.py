@@ -32,14 +32,17 @@ def test_txt_lines_in_order_with_counts(tiny_model, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = _csv_rows(result.stdout)
     assert [r["row"] for r in rows] == ["1", "2", "3"]
-    assert [r["prediction"] for r in rows[::2]] == ["positive", "negative"]
-    expected = load_bundle(tiny_model).predict_proba([POS, "", NEG])[:, 1]
-    assert [float(r["p_positive"]) for r in rows] == pytest.approx(expected, abs=1e-6)
-    assert "rows read: 3, rows written: 3" in result.stderr
+    assert [r["prediction"] for r in rows] == ["positive", "", "negative"]
+    # The empty line is kept, marked as having nothing to judge rather than given a verdict.
+    assert (rows[1]["p_positive"], rows[1]["known_words"], rows[1]["error"]) == ("", "0", "")
+    assert [int(r["known_words"]) for r in rows[::2]] == [4, 4]
+    expected = load_bundle(tiny_model).predict_proba([POS, NEG])[:, 1]
+    assert [float(r["p_positive"]) for r in rows[::2]] == pytest.approx(expected, abs=1e-6)
+    assert "rows read: 3, rows written: 3, rows with no known words (no prediction): 1" in result.stderr
     # The default precision (bfloat16 where the CPU has it) gives the same labels.
     default = _csv_rows(score(path, "--model", tiny_model).stdout)
     assert [r["prediction"] for r in default] == [r["prediction"] for r in rows]
-    assert [float(r["p_positive"]) for r in default] == pytest.approx(expected, abs=0.02)
+    assert [float(r["p_positive"]) for r in default[::2]] == pytest.approx(expected, abs=0.02)
 
 
 def test_stdin_and_several_inputs(tiny_model, tmp_path):
@@ -95,8 +98,11 @@ def test_every_row_survives_empty_long_and_undecodable_lines(tiny_model, tmp_pat
     assert result.returncode == 0, result.stderr
     rows = _csv_rows(result.stdout)
     assert [r["row"] for r in rows] == [str(i) for i in range(1, 7)]
-    assert all(r["prediction"] in ("positive", "negative") for r in rows)
-    assert "rows read: 6, rows written: 6; 2 undecodable bytes in 1 rows were replaced with U+FFFD" in result.stderr
+    # "x" is not in the tiny model's vocabulary: rows 2, 3 and 5 have nothing to judge.
+    assert [r["prediction"] for r in rows] == ["positive", "", "", "negative", "", "negative"]
+    assert [r["known_words"] for r in rows] == ["4", "0", "0", "4", "0", "4"]
+    assert ("rows read: 6, rows written: 6, rows with no known words (no prediction): 3; "
+            "2 undecodable bytes in 1 rows were replaced with U+FFFD") in result.stderr
 
 
 def test_malformed_rows_stop_by_default_and_become_error_rows_with_skip(tiny_model, tmp_path):
@@ -131,6 +137,21 @@ def test_bad_invocations_are_one_line(tiny_model, tmp_path):
     path = write_table(tmp_path / "r.csv", [{"body": "x"}])
     result = score(path, "--model", tiny_model)
     assert result.returncode == 2 and "no text column (looked for text or review; columns: body)" in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_an_output_that_is_an_input_is_refused_before_reading(tiny_model, tmp_path, suffix):
+    path = write_table(tmp_path / f"same{suffix}", [{"text": POS}, {"text": NEG}])
+    before = path.read_bytes()
+    alias = tmp_path / "sub" / ".." / path.name  # the same file under another spelling
+    (tmp_path / "sub").mkdir()
+    for out in (path, alias):
+        result = score(path, "--model", tiny_model, "--out", out)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (f"error: --out {out} is the input {path}: scoring would replace it; "
+                                         "write the scores to another file")
+        assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same" + suffix, "sub"]  # no temporary file left
 
 
 def test_killed_run_leaves_no_partial_output(tiny_model, tmp_path):

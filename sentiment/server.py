@@ -1,0 +1,345 @@
+"""The HTTP server: the Gradio page and a plain JSON API on one port, in one process.
+
+    POST /api/v1/predict   {"texts": [...], "model": optional} -> one result per text
+    GET  /api/v1/models    what is loaded: kinds, sizes, metrics, calibration
+    GET  /healthz          {"status": "ok"} once the models are loaded
+    GET  /metrics          Prometheus text: requests, errors, latency, model versions
+    GET  /docs             OpenAPI docs (/openapi.json is the schema)
+    /                      the page (``app.build_app``)
+
+The models are loaded once and shared by page and API, and so is one gate that bounds
+the model computations running at once (``--concurrency``). Every request body is capped
+(``--max-upload-mb``) before it is read, page uploads included.
+"""
+import json
+import threading
+import time
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from .app import ServeConfig, build_app
+from .errors import SentimentError
+from .predict import Classifier
+
+API = "/api/v1"
+ROUTES = {f"{API}/predict": "POST", f"{API}/models": "GET", "/healthz": "GET", "/metrics": "GET"}
+# Gradio keeps each session's component values, and every API call is a new session:
+# the default capacity of 10,000 sessions let memory grow by gigabytes.
+SESSION_CAPACITY = 100
+# A multipart upload carries some bytes of framing beside the file itself.
+BODY_SLACK = 64 * 1024
+LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ApiError(Exception):
+    """A request the API refuses: answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def model_version(clf: Classifier) -> str:
+    """A short name for the exact weights: the start of their sha256."""
+    return str((clf.config.get("weights") or {}).get("sha256") or "unknown")[:12]
+
+
+def model_summary(name: str, clf: Classifier, default: bool) -> dict:
+    c = clf.config
+    metrics = {split: {k: v for k, v in m.items() if k != "confusion_matrix"}
+               for split, m in (c.get("metrics") or {}).items() if isinstance(m, dict)}
+    return {"name": name, "default": default, "kind": c["model"]["kind"], "path": clf.path,
+            "version": model_version(clf), "vocab_size": c["text"]["vocab_size"], "max_len": c["text"]["max_len"],
+            "truncate": c["text"]["truncate"], "embedding_dim": c["model"]["embedding_dim"],
+            "hidden_size": c["model"]["hidden_size"], "num_layers": c["model"]["num_layers"],
+            "labels": list(clf.classes_), "metrics": metrics, "calibration": c.get("calibration"),
+            "trained": (c.get("trained") or {}).get("date")}
+
+
+class _Metrics:
+    """Prometheus metrics of one server (a registry of its own, so servers in one process do not mix)."""
+
+    def __init__(self, classifiers: dict[str, Classifier]):
+        import prometheus_client as prom
+
+        self.prom = prom
+        self.registry = prom.CollectorRegistry()
+        self.requests = prom.Counter("sentiment_requests", "HTTP requests answered, by endpoint and status",
+                                     ["endpoint", "status"], registry=self.registry)
+        self.errors = prom.Counter("sentiment_request_errors", "requests answered with a 4xx or 5xx status",
+                                   ["endpoint", "status"], registry=self.registry)
+        self.latency = prom.Histogram("sentiment_request_duration_seconds", "time from request to answer",
+                                      ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.texts = prom.Counter("sentiment_texts", "texts scored through the JSON API", ["model"],
+                                  registry=self.registry)
+        info = prom.Info("sentiment_model", "the loaded models", ["name"], registry=self.registry)
+        for name, clf in classifiers.items():
+            info.labels(name=name).info({"kind": clf.config["model"]["kind"], "version": model_version(clf),
+                                         "path": str(clf.path)})
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def text(self) -> bytes:
+        return self.prom.generate_latest(self.registry)
+
+
+class _Guard:
+    """ASGI middleware: caps every request body, and times and counts every request.
+
+    A body that says its length is refused before any of it is read. One sent in chunks
+    is counted as it arrives; past the cap the application sees the body end there, and
+    whatever it answers is replaced by the 413.
+    """
+
+    def __init__(self, app, limit: int, metrics: _Metrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
+
+    def _too_large(self) -> tuple[dict, dict]:
+        body = json.dumps({"error": f"request body over the limit of {self.limit - BODY_SLACK:,} bytes "
+                                    "(--max-upload-mb)"}).encode()
+        return ({"type": "http.response.start", "status": 413,
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                             (b"connection", b"close")]},
+                {"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        endpoint = path if path in ROUTES or path in ("/docs", "/openapi.json") else (
+            "api-unknown" if path.startswith(API) else "page")
+        started = time.perf_counter()
+        status = 500
+        try:
+            length = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                start, body = self._too_large()
+                status = 413
+                await send(start)
+                await send(body)
+                return
+            seen, over = 0, False
+
+            async def receiving():
+                nonlocal seen, over
+                if over:
+                    return {"type": "http.disconnect"}
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > self.limit:
+                        over = True
+                        return {"type": "http.request", "body": b"", "more_body": False}
+                return message
+
+            async def sending(message):
+                nonlocal status
+                if over:
+                    return  # the 413 goes out instead, below
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            await self.app(scope, receiving, sending)
+            if over:
+                status = 413
+                for message in self._too_large():
+                    await send(message)
+        finally:
+            self.metrics.observe(endpoint, status, time.perf_counter() - started)
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"texts": ["A moving, beautifully acted film.", "Dull and far too long."]}]})
+    texts: list[StrictStr] = Field(description="the reviews (at most --max-batch, 128 by default, of at most "
+                                               "--max-chars characters each), scored as one batch")
+    model: StrictStr | None = Field(None, description=f"a loaded model's name (default: the first); "
+                                                      f"GET {API}/models lists them")
+
+
+class Result(BaseModel):
+    label: Literal["negative", "positive"] | None = Field(
+        description="the verdict; null when there is nothing to judge")
+    score: float | None = Field(description="the probability of label")
+    p_positive: float | None = Field(description="the probability that the review is positive")
+    known_words: int = Field(description="words of the model's vocabulary among those it read")
+    note: str | None = Field(description="why there is no verdict, when there is none")
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(description="the model that answered")
+    results: list[Result] = Field(description="one per text, in the order of texts")
+
+
+def _problem(error: dict) -> dict:
+    """One validation error as ``{"where", "problem"}``, in the words of this API."""
+    loc = error.get("loc", ())
+    if error.get("type") == "json_invalid":
+        position = loc[-1] if loc and isinstance(loc[-1], int) else "?"
+        return {"where": "body", "problem": f"not valid JSON (at character {position}: "
+                                            f"{(error.get('ctx') or {}).get('error', 'parse error')})"}
+    if tuple(loc) == ("body",):
+        return {"where": "body", "problem": 'must be a JSON object such as {"texts": ["A moving film."]}'}
+    return {"where": _where(loc), "problem": error.get("msg", "invalid")}
+
+
+def _where(loc) -> str:
+    """``("body", "texts", 2)`` -> ``texts[2]``: the place in the request body."""
+    out = ""
+    for part in loc:
+        if part == "body":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def build_server(classifiers: dict[str, Classifier], config: ServeConfig | None = None):
+    """The FastAPI application: JSON API routes, then the page mounted at ``/``."""
+    import gradio as gr
+
+    config = config or ServeConfig()
+    names = list(classifiers)
+    gate = threading.BoundedSemaphore(config.concurrency)
+    metrics = _Metrics(classifiers)
+    api = FastAPI(title="sentiment", version=_version(),
+                  description="Sentiment of English movie reviews with recurrent networks. The web page is at /.")
+
+    @api.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @api.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        detail = [_problem(e) for e in exc.errors()]
+        problems = [f"{d['where']}: {d['problem']}" for d in detail]
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        return JSONResponse({"error": "; ".join(problems[:5]) + more, "detail": detail[:100]}, status_code=422)
+
+    @api.post(f"{API}/predict", response_model=PredictResponse,
+              responses={413: {"description": "too many texts, or a text or body too long"},
+                         404: {"description": "no such model"}, 422: {"description": "malformed request"}})
+    def predict(request: PredictRequest) -> dict:
+        """P(positive) and a label for each text, in the order given, as one batch."""
+        name = request.model or names[0]
+        clf = classifiers.get(name)
+        if clf is None:
+            raise ApiError(404, f"model: no model {name!r} is loaded (loaded: {', '.join(names)})")
+        if len(request.texts) > config.max_batch:
+            raise ApiError(413, f"texts: {len(request.texts):,} texts; the limit is {config.max_batch:,} "
+                                "per request (--max-batch)")
+        for i, text in enumerate(request.texts):
+            if len(text) > config.max_chars:
+                raise ApiError(413, f"texts[{i}]: {len(text):,} characters; the limit is {config.max_chars:,} "
+                                    "(--max-chars)")
+        with gate:
+            results = clf(request.texts, batch_size=max(1, len(request.texts)))
+        metrics.texts.labels(name).inc(len(results))
+        return {"model": name, "results": results}
+
+    @api.get(f"{API}/models")
+    def models() -> dict:
+        """The loaded models: the first is the default of predict and of the page."""
+        return {"default": names[0],
+                "models": [model_summary(n, c, i == 0) for i, (n, c) in enumerate(classifiers.items())]}
+
+    @api.get("/healthz")
+    def healthz() -> dict:
+        """Ready to answer: every model is loaded."""
+        return {"status": "ok", "models": names}
+
+    @api.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(metrics.text(), media_type=metrics.prom.CONTENT_TYPE_LATEST)
+
+    @api.api_route(API + "/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown(rest: str, request: Request):
+        path = f"{API}/{rest}"
+        if path in ROUTES:
+            return JSONResponse({"error": f"{path} takes {ROUTES[path]}, not {request.method}"}, status_code=405,
+                                headers={"Allow": ROUTES[path]})
+        return JSONResponse({"error": f"no endpoint {path}; the API has {', '.join(ROUTES)}"}, status_code=404)
+
+    demo = build_app(classifiers, config, gate)
+    demo.state_session_capacity = SESSION_CAPACITY
+    gr.mount_gradio_app(api, demo, path="/", server_name=config.host, server_port=config.port, ssr_mode=False,
+                        max_file_size=f"{config.max_upload_mb}mb", footer_links=["api", "settings"])
+    api.add_middleware(_Guard, limit=config.max_upload_mb * 1024 * 1024 + BODY_SLACK, metrics=metrics)
+    return api
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def load_models(paths: list[str], precision: str = "float32") -> dict[str, Classifier]:
+    from .bundle import default_model_dir, load_bundle, model_names
+
+    paths = paths or [str(default_model_dir())]
+    return {name: load_bundle(path, precision=precision) for name, path in zip(model_names(paths), paths)}
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server itself binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SentimentError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from None
+
+
+def _share(server, config: ServeConfig) -> None:
+    """Open a gradio.live link once the server listens (gradio's own tunnel)."""
+    import secrets
+
+    from gradio import networking
+
+    while not server.started:
+        time.sleep(0.1)
+    try:
+        url = networking.setup_tunnel(config.host, config.port, secrets.token_urlsafe(32), None, None)
+        print(f"public link: {url}", flush=True)
+    except Exception as exc:  # the page stays up locally; the link is an extra
+        print(f"no public link: {exc}", flush=True)
+
+
+def launch(config: ServeConfig) -> None:
+    import gc
+
+    import torch
+    import uvicorn
+
+    _check_port(config.host, config.port)
+    # Requests run on worker threads. Two-thread torch ops started from several threads
+    # keep more OpenMP threads than there are cores, and then each of the RNN's per-step
+    # parallel regions waits to wake a sleeping thread: one review took 15-30 ms instead
+    # of 3-4. One thread per computation, --concurrency computations at once, instead.
+    torch.set_num_threads(1)
+    classifiers = load_models(config.models, config.precision)
+    for clf in classifiers.values():
+        clf.warm_up()
+    api = build_server(classifiers, config)
+    # What is loaded now lives as long as the server: keep it out of the garbage
+    # collector's full passes, which otherwise pause every request now and then.
+    gc.collect()
+    gc.freeze()
+    server = uvicorn.Server(uvicorn.Config(api, host=config.host, port=config.port, log_level="warning",
+                                           access_log=False))
+    if config.share:
+        threading.Thread(target=_share, args=(server, config), daemon=True).start()
+    print(f"serving {', '.join(f'{n} ({c.path})' for n, c in classifiers.items())} on "
+          f"http://{config.host}:{config.port}/ (JSON API at {API}, docs at /docs; Ctrl-C to stop"
+          f"{'' if config.share else '; --share for a public link'})", flush=True)
+    server.run()

@@ -11,8 +11,11 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import atexit  # noqa: E402
 import csv  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -20,6 +23,7 @@ import threading  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 
 from .errors import SentimentError  # noqa: E402
+from .options import check_whole  # noqa: E402
 from .predict import NOTHING_TO_JUDGE, Classifier  # noqa: E402
 
 EXAMPLES = [
@@ -29,8 +33,33 @@ EXAMPLES = [
     "act drags on far too long.",
 ]
 TABLE_PREVIEW_ROWS = 1000
+# Scored files of the file tab, and Gradio's copies of them and of uploads, are deleted
+# once this old (checked at each scoring, and by Gradio every as many seconds).
+RESULT_TTL_S = 600
 CONTRIBUTION_COLORS = {"strong positive": "#1f9d55", "positive": "#a3e4b8", "negative": "#f8b4b4",
                        "strong negative": "#d92d2d"}
+
+
+def merge_runs(pieces: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """Adjacent pieces of the same class as one: the page shows the same, sessions keep less."""
+    merged: list[tuple[str, str | None]] = []
+    for piece, kind in pieces:
+        if merged and merged[-1][1] == kind:
+            merged[-1] = (merged[-1][0] + piece, kind)
+        else:
+            merged.append((piece, kind))
+    return merged
+
+
+def remove_older(folder: Path, seconds: float) -> None:
+    """Delete the files in ``folder`` last changed over ``seconds`` ago."""
+    limit = time.time() - seconds
+    for path in folder.glob("*/*"):
+        try:
+            if path.stat().st_mtime < limit:
+                shutil.rmtree(path.parent, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def contribution_class(score: float | None, scale: float) -> str | None:
@@ -54,6 +83,9 @@ class ServeConfig:
                                                       "metavar": "N"})
     max_upload_mb: int = field(default=20, metadata={
         "help": "largest file accepted by the file tab, and largest request body, in MB", "metavar": "MB"})
+    max_rows: int = field(default=10_000, metadata={
+        "help": "most rows scored per file in the file tab (the score command takes files of any size)",
+        "metavar": "N"})
     max_batch: int = field(default=128, metadata={"help": "most texts in one JSON API request (run as one batch)",
                                                   "metavar": "N"})
     precision: str = field(default="auto", metadata={
@@ -62,9 +94,7 @@ class ServeConfig:
                                                   "metavar": "N"})
 
     def __post_init__(self):
-        for name in ("port", "max_chars", "max_upload_mb", "max_batch", "concurrency"):
-            if getattr(self, name) < 1:
-                raise SentimentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        check_whole(self, ("port", "max_chars", "max_upload_mb", "max_batch", "max_rows", "concurrency"))
         if self.port > 65535:
             raise SentimentError(f"--port must be at most 65535 (got {self.port})")
 
@@ -90,7 +120,7 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
     """
     import gradio as gr
 
-    from .score import ScoreConfig, score
+    from .score import TEXT_COLUMN_HINT, ScoreConfig, score
 
     config = config or ServeConfig()
     gate = gate or nullcontext()
@@ -98,11 +128,17 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
         raise SentimentError("no model to serve")
     names = list(classifiers)
     main = classifiers[names[0]]
+    results = Path(tempfile.mkdtemp(prefix="sentiment-scores-"))
+    atexit.register(shutil.rmtree, results, ignore_errors=True)
+
+    def refuse(message: str):
+        # A user's mistake: said on the page, not logged as a server traceback.
+        return gr.Error(message, print_exception=False)
 
     def check(text: str | None) -> str:
         text = text or ""
         if len(text) > config.max_chars:
-            raise gr.Error(f"The review is {len(text):,} characters long; the limit is {config.max_chars:,}.")
+            raise refuse(f"The review is {len(text):,} characters long; the limit is {config.max_chars:,}.")
         return text
 
     def predict(text: str) -> dict[str, float] | str:
@@ -123,7 +159,7 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
         if not any(k and known for k, known in zip(e.kept, e.known)):
             return [(text, None)], f"No verdict, {NOTHING_TO_JUDGE}: every word is outside the vocabulary."
         scale = max((abs(c) for c in e.contributions), default=0.0)
-        pieces = [(piece, contribution_class(score, scale)) for piece, score in e.highlighted()]
+        pieces = merge_runs([(piece, contribution_class(score, scale)) for piece, score in e.highlighted()])
         pos = ", ".join(f"**{w}** (+{c:.3f})" for w, c in e.top(5, positive=True)) or "none"
         neg = ", ".join(f"**{w}** ({c:.3f})" for w, c in e.top(5, positive=False)) or "none"
         summary = (f"Towards positive: {pos}.  \nTowards negative: {neg}.  \n"
@@ -137,8 +173,8 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
             return [], ""
         with gate:
             e = main.read(text)
-        tokens = [(w.lower() + " ", "cut" if not k else ("<unk>" if not known else "read"))
-                  for w, known, k in zip(e.words, e.known, e.kept)]
+        tokens = merge_runs([(w.lower() + " ", "cut" if not k else ("<unk>" if not known else "read"))
+                             for w, known, k in zip(e.words, e.known, e.kept)])
         unknown = sum(1 for known, k in zip(e.known, e.kept) if k and not known)
         notice = f"{sum(e.kept)} of {len(e.words)} words read; {unknown} unknown (read as `<unk>`)."
         if e.truncated:
@@ -160,13 +196,16 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
 
     def score_file(path: str | None):
         if not path:
-            raise gr.Error("Choose a .txt, .csv or .jsonl file first.")
-        out = Path(tempfile.mkdtemp(prefix="sentiment-scores-")) / f"{Path(path).stem}-scored.csv"
+            raise refuse("Choose a .txt, .csv or .jsonl file first.")
+        remove_older(results, RESULT_TTL_S)
+        out = Path(tempfile.mkdtemp(dir=results)) / f"{Path(path).stem}-scored.csv"
         try:
             with gate:
-                counts = score(ScoreConfig(inputs=[path], out=str(out), on_error="skip", progress=False), main)
+                counts = score(ScoreConfig(inputs=[path], out=str(out), on_error="skip", progress=False,
+                                           names=[Path(path).name], max_rows=config.max_rows), main)
         except SentimentError as exc:
-            raise gr.Error(str(exc)) from None
+            shutil.rmtree(out.parent, ignore_errors=True)
+            raise refuse(str(exc).replace(TEXT_COLUMN_HINT, "name the column text or review")) from None
         with open(out, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = next(reader)
@@ -178,7 +217,7 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
 
         return pd.DataFrame(rows, columns=header), str(out), note
 
-    with gr.Blocks(title="sentiment: movie review classifier") as demo:
+    with gr.Blocks(title="sentiment: movie review classifier", delete_cache=(RESULT_TTL_S, RESULT_TTL_S)) as demo:
         gr.Markdown("# Movie review sentiment\nType a review: the prediction updates as you type.")
         with gr.Tab("Review"):
             with gr.Row():
@@ -202,7 +241,9 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
                                          visible=len(classifiers) > 1, interactive=False)
         with gr.Tab("Score a file"):
             gr.Markdown(f"Upload a `.txt` (one review per line), `.csv`/`.tsv` (a `text` or `review` column) "
-                        f"or `.jsonl` file, up to {config.max_upload_mb} MB. Malformed rows become error rows.")
+                        f"or `.jsonl` file, up to {config.max_upload_mb} MB and {config.max_rows:,} rows. "
+                        "Malformed rows become error rows. Files are deleted from the server after "
+                        f"{RESULT_TTL_S // 60} minutes; `python -m sentiment score` takes files of any size.")
             upload = gr.File(label="Reviews", file_types=[".txt", ".csv", ".tsv", ".jsonl"], elem_id="upload")
             score_button = gr.Button("Score file", variant="primary", elem_id="score")
             score_note = gr.Markdown(elem_id="score-note")

@@ -5,6 +5,7 @@ cannot run code. Writing is atomic, and loading says exactly what does not match
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .card import CARD, card_markdown
 from .errors import SentimentError
-from .files import umask
+from .files import exchange, umask
 from .models import ModelConfig, SentimentRNN
 from .predict import Classifier
 from .text import TextEncoder
@@ -41,11 +42,15 @@ def save_bundle(path: str | Path, model: SentimentRNN, encoder: TextEncoder, con
     """Write a bundle to ``path`` atomically; ``config`` is merged with what loading needs.
 
     A new directory appears whole by one rename. An existing one (a run folder that also
-    holds checkpoints) gets each file replaced by rename, ``config.json`` last; it records
-    the weights' sha256, so a bundle caught between two renames is refused when loaded.
+    holds checkpoints) is rebuilt beside itself, its other files hard-linked in, and the
+    two folders are swapped in one step: a process killed at any moment leaves the old
+    bundle or the new one. Where the system cannot swap, each file is replaced by rename,
+    ``config.json`` last; it records the sha256 of the weights and the tokenizer, so a
+    bundle caught between two renames is refused when loaded, never read as a mix.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clear_leftovers(path)
     dtype = {"float32": torch.float32, "float16": torch.float16}[weights_dtype]
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -60,6 +65,7 @@ def save_bundle(path: str | Path, model: SentimentRNN, encoder: TextEncoder, con
                      "vocab_size": encoder.vocab_size},
             "labels": list(Classifier.classes_),
             "weights": {"dtype": weights_dtype, "sha256": _sha256(tmp / WEIGHTS)},
+            "tokenizer": {"sha256": _sha256(tmp / TOKENIZER)},
         }
         (tmp / CONFIG).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
         (tmp / CARD).write_text(card_markdown(full))
@@ -71,11 +77,23 @@ def save_bundle(path: str | Path, model: SentimentRNN, encoder: TextEncoder, con
         if not path.exists():
             os.rename(tmp, path)
             return path
-        for name in (*BUNDLE_FILES, CARD):
-            os.replace(tmp / name, path / name)
+        try:
+            for entry in path.iterdir():
+                if entry.name not in (*BUNDLE_FILES, CARD):
+                    os.link(entry, tmp / entry.name, follow_symlinks=False)  # a folder inside: OSError
+            exchange(tmp, path)  # tmp now holds the old bundle, removed below
+        except OSError:
+            for name in (*BUNDLE_FILES, CARD):
+                os.replace(tmp / name, path / name)
         return path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clear_leftovers(path: Path) -> None:
+    """Remove what a writer of the bundle ``path`` killed mid-way left beside it."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -156,10 +174,19 @@ def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32
     config = read_config(path)
     try:
         model_config = ModelConfig(**config["model"])
-    except TypeError as exc:
+    except (TypeError, SentimentError) as exc:
         raise SentimentError(f"{path / CONFIG}: bad 'model' section ({exc})") from None
     text = config["text"]
-    encoder = TextEncoder.load(path / TOKENIZER, text.get("max_len", 200), text.get("truncate", "tail"))
+    tokenizer_hash = (config.get("tokenizer") or {}).get("sha256") if isinstance(config.get("tokenizer"), dict) else None
+    if tokenizer_hash and (path / TOKENIZER).is_file() and _sha256(path / TOKENIZER) != tokenizer_hash:
+        raise SentimentError(f"{path / TOKENIZER}: content does not match the sha256 recorded in {CONFIG} "
+                             "(from another run, or replaced)")
+    try:
+        encoder = TextEncoder.load(path / TOKENIZER, text.get("max_len", 200), text.get("truncate", "tail"))
+    except SentimentError as exc:
+        if str(exc).startswith(str(path / TOKENIZER)):
+            raise
+        raise SentimentError(f"{path / CONFIG}: bad 'text' section ({exc})") from None
     if encoder.vocab_size != model_config.vocab_size:
         raise SentimentError(f"{path / TOKENIZER}: vocabulary of {encoder.vocab_size} tokens, but "
                              f"{CONFIG} says the model has {model_config.vocab_size}")
@@ -171,8 +198,13 @@ def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32
         raise SentimentError(f"{weights}: content does not match the sha256 recorded in {CONFIG} "
                              "(truncated, or replaced by another model's weights)")
     state = read_tensors(weights)
-    model = SentimentRNN(model_config)
-    expected = model.state_dict()
+    # The shapes the config implies, without allocating them: a config that names a huge
+    # hidden_size is refused here, not after asking for terabytes.
+    try:
+        with torch.device("meta"):
+            expected = SentimentRNN(model_config).state_dict()
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise SentimentError(f"{path / CONFIG}: the 'model' section's sizes cannot be built ({exc})") from None
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -182,5 +214,6 @@ def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32
     if mismatch:
         name, got, want = mismatch
         raise SentimentError(f"{weights}: tensor {name} has shape {got}, {CONFIG} implies {want}")
+    model = SentimentRNN(model_config)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return Classifier(model, encoder, config, str(path), device, precision)

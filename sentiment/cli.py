@@ -37,11 +37,11 @@ def _score_parser(parser: argparse.ArgumentParser) -> None:
 
 def _score(args: argparse.Namespace) -> int:
     from .bundle import default_model_dir, load_bundle
-    from .score import ScoreConfig, check_inputs, score
+    from .score import ScoreConfig, check_output, score
 
     config = from_args(ScoreConfig, args, inputs=args.inputs)
     config.output_format()  # a bad --out/--format, or an input it would replace, fails before the model loads
-    check_inputs(config.inputs, config.out)
+    check_output(config)
     classifier = load_bundle(config.model or default_model_dir(), precision=config.precision)
     counts = score(config, classifier)
     print(counts.line(), file=sys.stderr)

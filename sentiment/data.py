@@ -10,6 +10,7 @@ keeps its location (file and line) so errors can say exactly where they are.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -36,8 +37,24 @@ _CACHE_VERSION = "1"
 
 # --- decoding ------------------------------------------------------------------
 
+# Byte order marks: a file that starts with one is decoded as it says (Windows tools
+# often write UTF-16 with a BOM, and UTF-8 with one); any other file is read as UTF-8.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def bom_encoding(start: bytes) -> str | None:
+    """The encoding a byte order mark at the start of a file names, or None without one."""
+    return next((encoding for bom, encoding in BOMS if start.startswith(bom)), None)
+
+
 def decode(raw: bytes) -> tuple[str, int]:
-    """UTF-8 text with undecodable bytes replaced by U+FFFD, and how many were replaced."""
+    """Text (UTF-8, or as a leading BOM says) with undecodable bytes replaced by U+FFFD,
+    and how many were replaced."""
+    encoding = bom_encoding(raw[:4])
+    if encoding is not None:
+        text = raw.decode(encoding, errors="replace")
+        return text, text.count("\ufffd")
     try:
         return raw.decode("utf-8"), 0
     except UnicodeDecodeError:
@@ -75,9 +92,17 @@ class Row:
     error: str | None = None
 
 
-def _decoded_lines(binary: io.BufferedReader) -> Iterator[tuple[str, int]]:
-    for raw in binary:
-        yield decode(raw)
+def decoded_lines(binary: io.BufferedReader) -> Iterator[tuple[str, int]]:
+    """The lines of a binary stream (line ends kept) as text, each with its count of
+    undecodable bytes; a BOM at the start decides the encoding of the whole stream."""
+    encoding = bom_encoding(binary.peek(4)[:4])
+    if encoding is None:
+        for raw in binary:
+            yield decode(raw)
+        return
+    # newline="": a "\r\n" inside a quoted csv field stays as it is.
+    for line in io.TextIOWrapper(binary, encoding=encoding, errors="replace", newline=""):
+        yield line, line.count("\ufffd")
 
 
 def _iter_csv(path: Path, delimiter: str) -> Iterator[Row]:
@@ -85,7 +110,7 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[Row]:
         bad = [0]
 
         def lines() -> Iterator[str]:
-            for text, n in _decoded_lines(fh):
+            for text, n in decoded_lines(fh):
                 bad[0] += n
                 yield text
 
@@ -96,6 +121,10 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[Row]:
             raise SentimentError(f"{path}: empty file, expected a header line") from None
         except csv.Error as exc:
             raise SentimentError(f"{path}:1: malformed header ({exc})") from None
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            raise SentimentError(f"{path}:1: the header names the column{'s' if len(twice) > 1 else ''} "
+                                 f"{', '.join(map(repr, twice))} more than once; column names must be unique")
         start = reader.line_num + 1
         while True:
             error = None
@@ -117,7 +146,7 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[Row]:
 
 def _iter_jsonl(path: Path) -> Iterator[Row]:
     with open(path, "rb") as fh:
-        for line_no, (text, bad) in enumerate(_decoded_lines(fh), 1):
+        for line_no, (text, bad) in enumerate(decoded_lines(fh), 1):
             if not text.strip():
                 continue  # a blank line in jsonl is no record
             where = f"{path}:{line_no}"
@@ -161,6 +190,18 @@ def iter_rows(path: str | Path) -> Iterator[Row]:
     raise SentimentError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(TABLE_SUFFIXES)}")
 
 
+def not_text(value: Any) -> str | None:
+    """Why a field's value is not a review's text ("a number (5)", "null"), or None for a string."""
+    if isinstance(value, str):
+        return None
+    if value is None:
+        return "null"
+    kind = ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
+            else "an object" if isinstance(value, dict) else "a list" if isinstance(value, (list, tuple))
+            else f"a {type(value).__name__}")
+    return f"{kind} ({json.dumps(value, default=str)[:40]})"
+
+
 def require_column(row: Row, column: str, path: Path, role: str) -> Any:
     if column not in row.fields:
         have = ", ".join(map(str, row.fields)) or "none"
@@ -175,6 +216,8 @@ def _labelled_records(path: Path, text_column: str, label_column: str) -> Iterat
         if row.error:
             raise SentimentError(f"{row.where}: {row.error}")
         text = require_column(row, text_column, path, "text")
+        if text is not None and not_text(text):
+            raise SentimentError(f"{row.where}: field {text_column!r} is {not_text(text)}, not text")
         label = parse_label(require_column(row, label_column, path, "label"))
         if label is None:
             unknown.setdefault(repr(row.fields[label_column]), row.where)

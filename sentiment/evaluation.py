@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,8 @@ import numpy as np
 
 from . import data as data_module
 from .errors import SentimentError
+from .files import check_file_target, check_folder_target, write_text_atomic
+from .options import check_whole
 from .metrics import classification_metrics, format_table
 
 
@@ -38,11 +39,19 @@ class EvaluateConfig:
     batch_size: int = field(default=256, metadata={"help": "reviews per forward pass", "metavar": "N"})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder", "metavar": "DIR"})
 
+    def __post_init__(self):
+        check_whole(self, ("batch_size",))
+
 
 def evaluate(config: EvaluateConfig) -> dict[str, dict]:
     """Metrics of each model (and the baseline) on the chosen split; prints the table."""
     from .bundle import default_model_dir, load_bundle, model_names
 
+    # Outputs are checked before the work, so an unwritable one never costs an evaluation.
+    if config.json:
+        check_file_target(config.json, "--json")
+    if config.plot:
+        check_folder_target(config.plot, "--plot")
     model_dirs = config.models or [str(default_model_dir())]
     classifiers = [load_bundle(d, precision=config.precision) for d in model_dirs]  # fail on a bad model before reading data
     splits = data_module.load_source(config.data, text_column=config.text_column,
@@ -81,9 +90,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, dict]:
     if config.json:
         payload = {"data": str(config.data), "split": split, "data_fingerprint": data_module.fingerprint(config.data),
                    "models": {n: {"path": p} for n, p in zip(model_names(model_dirs), model_dirs)}, "metrics": results}
-        tmp = Path(config.json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, config.json)
+        write_text_atomic(config.json, json.dumps(payload, indent=2) + "\n")
     return results
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import SentimentError
+from .options import check_whole
 from .text import PAD_ID
 
 MODEL_KINDS = ("rnncell", "rnn", "lstm", "bilstm")
@@ -41,11 +42,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
             raise SentimentError(f"model kind must be one of {', '.join(MODEL_KINDS)} (got {self.kind!r})")
-        for name in ("vocab_size", "embedding_dim", "hidden_size", "num_layers"):
-            if getattr(self, name) < 1:
-                raise SentimentError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        check_whole(self, ("vocab_size", "embedding_dim", "hidden_size", "num_layers"), options=False)
         for name in ("dropout", "word_dropout"):
-            if not 0 <= getattr(self, name) < 1:
+            if not isinstance(getattr(self, name), (int, float)) or not 0 <= getattr(self, name) < 1:
                 raise SentimentError(f"{name} must be in [0, 1) (got {getattr(self, name)})")
 
     def to_dict(self) -> dict:

@@ -25,6 +25,20 @@ def option_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def check_whole(owner: Any, names: tuple[str, ...], minimum: int = 1, options: bool = True) -> None:
+    """Each named attribute of ``owner`` must be a whole number of at least ``minimum``;
+    the message names it as an option (``--batch-size``) or, for a file's field, as is."""
+    from .errors import SentimentError
+
+    for name in names:
+        value = getattr(owner, name)
+        shown = option_name(name) if options else name
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SentimentError(f"{shown} must be a whole number (got {value!r})")
+        if value < minimum:
+            raise SentimentError(f"{shown} must be at least {minimum} (got {value})")
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--option`` per field of dataclass ``cls`` (defaults shown in --help)."""
     hints = typing.get_type_hints(cls)

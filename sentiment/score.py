@@ -10,6 +10,7 @@ The web page's file tab calls :func:`score_rows` too, so both score files the sa
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import sys
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-from .data import decode, iter_rows
+from .data import decode, decoded_lines, iter_rows, not_text
 from .errors import SentimentError
-from .files import umask
+from .files import check_file_target, umask
+from .options import check_whole
 from .predict import Classifier
 
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
@@ -54,11 +56,11 @@ class ScoreConfig:
     batch_size: int = field(default=256, metadata={"help": "reviews per forward pass", "metavar": "N"})
     progress: bool | None = field(default=None, metadata={
         "help": "progress bar with rows/s on stderr (default: when stderr is a terminal)"})
+    names: list[str] | None = field(default=None, metadata={"cli": False})  # see read_inputs
+    max_rows: int | None = field(default=None, metadata={"cli": False})    # the page's cap per file
 
     def __post_init__(self):
-        for name in ("chunk_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SentimentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        check_whole(self, ("chunk_size", "batch_size"))
 
     def output_format(self) -> str:
         if self.format:
@@ -87,55 +89,80 @@ class Record:
 
 
 def _lines(stream: IO[bytes], source: str) -> Iterator[Record]:
-    for line_no, raw in enumerate(stream, 1):
-        text, bad = decode(raw.rstrip(b"\n").rstrip(b"\r"))
-        yield Record(source, str(line_no), text, {}, bad)
+    for line_no, (text, bad) in enumerate(decoded_lines(stream), 1):
+        yield Record(source, str(line_no), text.rstrip("\n").rstrip("\r"), {}, bad)
 
 
-def _folder(path: Path) -> Iterator[Record]:
+def _folder(path: Path, source: str) -> Iterator[Record]:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
     if not files:
         raise SentimentError(f"{path}: a folder input must hold .txt files (one review each); found none")
     for file in files:
         text, bad = decode(file.read_bytes())
-        yield Record(str(path), file.name, text, {}, bad)
+        yield Record(source, file.name, text, {}, bad)
 
 
-def _table(path: Path, text_column: str | None) -> Iterator[Record]:
+TEXT_COLUMN_HINT = "choose one with --text-column"
+
+
+def _table(path: Path, text_column: str | None, source: str) -> Iterator[Record]:
     column = text_column
+    first: list[str] | None = None
     for row in iter_rows(path):
         number = row.where[len(str(path)) + 1:].removeprefix("row ")
-        if row.error:
-            yield Record(str(path), number, None, {}, row.undecodable, f"{row.where}: {row.error}")
-            continue
-        if column is None:
+        where = f"{source}:{number}"
+        error = row.error and f"{where}: {row.error}"
+        if error is None and column is None:
             column = next((c for c in TEXT_COLUMNS if c in row.fields), None)
             if column is None:
-                raise SentimentError(f"{path}: no text column (looked for {' or '.join(TEXT_COLUMNS)}; columns: "
-                                     f"{', '.join(map(str, row.fields))}); choose one with --text-column")
-        if column not in row.fields:
-            raise SentimentError(f"{row.where}: no text column {column!r} (columns: "
-                                 f"{', '.join(map(str, row.fields))}); choose one with --text-column")
-        text = row.fields[column]
-        yield Record(str(path), number, "" if text is None else str(text), row.fields, row.undecodable)
+                raise SentimentError(f"{source}: no text column (looked for {' or '.join(TEXT_COLUMNS)}; columns: "
+                                     f"{', '.join(map(str, row.fields))}); {TEXT_COLUMN_HINT}")
+        if error is None and first is None:
+            if column not in row.fields:
+                raise SentimentError(f"{where}: no text column {column!r} (columns: "
+                                     f"{', '.join(map(str, row.fields))}); {TEXT_COLUMN_HINT}")
+            first = [str(c) for c in row.fields]
+        text = None
+        if error is None:
+            # Later rows are judged against the first: the output's columns are the first row's.
+            added = [str(c) for c in row.fields if str(c) not in first]
+            if added:
+                error = (f"{where}: has the field{'s' if len(added) > 1 else ''} {', '.join(map(repr, added))} "
+                         f"that the first row does not (the output's columns are the first row's)")
+            elif column not in row.fields:
+                error = f"{where}: no {column!r} field"
+            else:
+                text = row.fields[column]
+                if not_text(text):
+                    error = f"{where}: field {column!r} is {not_text(text)}, not text"
+                    text = None
+        if error:
+            yield Record(source, number, None, {}, row.undecodable, error)
+        else:
+            yield Record(source, number, text, row.fields, row.undecodable)
 
 
-def read_inputs(inputs: Sequence[str], text_column: str | None = None) -> Iterator[Record]:
-    """Records of every input in turn: files, folders of .txt files, or ``-`` for stdin."""
-    for name in inputs:
+def read_inputs(inputs: Sequence[str], text_column: str | None = None,
+                names: Sequence[str] | None = None) -> Iterator[Record]:
+    """Records of every input in turn: files, folders of .txt files, or ``-`` for stdin.
+
+    ``names`` are what the ``source`` column and messages call the inputs (default: their
+    paths); the page passes the uploaded file's own name, not the server's copy.
+    """
+    for name, shown in zip(inputs, names or inputs):
         if name == "-":
             yield from _lines(sys.stdin.buffer, "<stdin>")
             continue
         path = Path(name)
         if path.is_dir():
-            yield from _folder(path)
+            yield from _folder(path, shown)
         elif not path.exists():
             raise SentimentError(f"{path}: no such file or directory")
         elif path.suffix.lower() == ".txt":
             with open(path, "rb") as fh:
-                yield from _lines(fh, str(path))
+                yield from _lines(fh, shown)
         elif path.suffix.lower() in INPUT_SUFFIXES:
-            yield from _table(path, text_column)
+            yield from _table(path, text_column, shown)
         else:
             raise SentimentError(f"{path}: unsupported input type {path.suffix!r}; expected "
                                  f"{', '.join(INPUT_SUFFIXES)}, a folder of .txt files, or - for stdin")
@@ -298,36 +325,73 @@ class _ParquetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if self.writer is None:
-            table = pa.Table.from_pylist(rows)
-            # Columns that start empty (error, say) must still hold text later.
-            self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
-                                     for f in table.schema])
-            self.writer = pq.ParquetWriter(self.path, self.schema)
         try:
+            if self.writer is None:
+                table = pa.Table.from_pylist(rows)
+                # Columns that start empty (error, say) must still hold text later.
+                self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
+                                         for f in table.schema])
+                self.writer = pq.ParquetWriter(self.path, self.schema)
             table = pa.Table.from_pylist(rows, schema=self.schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise SentimentError(f"parquet output: a column changed type between rows ({exc}); "
-                                 "use --format csv or jsonl") from None
+            raise SentimentError(f"parquet output: {self._first_misfit(rows) or exc}; a parquet column holds one "
+                                 "type: use --format csv or jsonl") from None
         self.writer.write_table(table)
+
+    def _first_misfit(self, rows: list[dict]) -> str | None:
+        """Where a value first differs in type from the rows before it: "file:row: field 'x' is str ..."."""
+        import pyarrow as pa
+
+        columns = list(rows[0])
+        for name in columns:
+            wanted = self.schema.field(name).type if self.schema is not None else None
+            for row in rows:
+                value = row.get(name)
+                try:
+                    wanted = pa.array([value], type=wanted).type if wanted is not None else pa.array([value]).type
+                    if pa.types.is_null(wanted):
+                        wanted = None
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    where = ":".join(str(row[c]) for c in columns[:2])
+                    return f"{where}: field {name!r} is {type(value).__name__} ({str(value)[:40]!r}), " \
+                           f"where earlier rows hold {wanted}"
+        return None
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-def score(config: ScoreConfig, classifier: Classifier) -> Counts:
-    """Run ``sentiment score``: read, score and write every input row."""
+def check_output(config: ScoreConfig) -> None:
+    """Fail before any work on an output that cannot be written; clear leftovers of a killed run."""
     fmt = config.output_format()
     check_inputs(config.inputs, config.out)
     if fmt == "parquet" and not config.out:
         raise SentimentError("--format parquet needs --out FILE (parquet cannot stream to a terminal)")
+    if not config.out:
+        return
+    target = check_file_target(config.out, "--out")
+    # A run killed while writing leaves its temporary file beside the output: remove it.
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def _at_most(records: Iterable[Record], limit: int) -> Iterator[Record]:
+    for n, record in enumerate(records, 1):
+        if n > limit:
+            raise SentimentError(f"{record.source}: more than {limit:,} rows; score at most {limit:,} at a time here, "
+                                 "or a file of any size with python -m sentiment score")
+        yield record
+
+
+def score(config: ScoreConfig, classifier: Classifier) -> Counts:
+    """Run ``sentiment score``: read, score and write every input row."""
+    fmt = config.output_format()
+    check_output(config)
     counts = Counts()
     tmp_path = None
     if config.out:
         target = Path(config.out)
-        if not target.parent.exists():
-            raise SentimentError(f"--out {target}: folder {target.parent} does not exist")
         fd, tmp_path = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     stream = None
@@ -342,7 +406,9 @@ def score(config: ScoreConfig, classifier: Classifier) -> Counts:
             from tqdm import tqdm
 
             bar = tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-        records = read_inputs(config.inputs, config.text_column)
+        records = read_inputs(config.inputs, config.text_column, config.names)
+        if config.max_rows:
+            records = _at_most(records, config.max_rows)
         wrote_any = False
         for rows in score_rows(classifier, records, config.chunk_size, config.batch_size, config.on_error, counts):
             writer.write(rows)
@@ -363,9 +429,18 @@ def score(config: ScoreConfig, classifier: Classifier) -> Counts:
             os.chmod(tmp_path, 0o666 & ~umask())
             os.replace(tmp_path, config.out)
             tmp_path = None
+    except OSError as exc:
+        if not tmp_path:
+            raise
+        # A full disk, a file size limit: nothing appears under the output's name.
+        raise SentimentError(f"--out {config.out}: writing failed ({exc.strerror or exc}); "
+                             "nothing was written") from None
     finally:
         if stream is not None and stream is not sys.stdout:
-            stream.close()
+            try:
+                stream.close()
+            except OSError:
+                pass
         if tmp_path and os.path.exists(tmp_path):
             os.unlink(tmp_path)
     return counts

@@ -15,10 +15,14 @@ from tokenizers.models import WordLevel
 from tokenizers.trainers import WordLevelTrainer
 
 from .errors import SentimentError
+from .options import check_whole
 
 UNK, PAD = "<unk>", "<pad>"
 UNK_ID, PAD_ID = 0, 1
 TRUNCATE_SIDES = ("head", "tail", "head+tail")
+# What TextEncoder.shorten keeps of a very long text: characters per word read, and words
+# to spare at a cut (a word split in two, or half an HTML tag, makes one spurious word).
+CUT_CHARS_PER_TOKEN, CUT_SPARE_WORDS = 64, 8
 
 
 def _normalizer() -> normalizers.Normalizer:
@@ -62,8 +66,8 @@ class TextEncoder:
     """Turns raw review text into fixed-length id arrays, the same way everywhere."""
 
     def __init__(self, tokenizer: Tokenizer, max_len: int = 200, truncate: str = "tail"):
-        if max_len < 2:
-            raise SentimentError(f"max_len must be at least 2 (got {max_len})")
+        self.max_len = max_len
+        check_whole(self, ("max_len",), minimum=2, options=False)
         if truncate not in TRUNCATE_SIDES:
             raise SentimentError(f"truncate must be one of {', '.join(TRUNCATE_SIDES)} (got {truncate!r})")
         for token, expected in ((UNK, UNK_ID), (PAD, PAD_ID)):
@@ -113,10 +117,37 @@ class TextEncoder:
         return [[tok for tok, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(
             self.tokenizer.normalizer.normalize_str(t))] for t in texts]
 
+    def _words(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def shorten(self, text: str) -> str:
+        """``text`` without the part the model will not read, when that part is long.
+
+        The tokenizer holds about 65 bytes per character of a text, so a 20 MB line would
+        cost over a gigabyte. A text over ``2 * CUT_CHARS_PER_TOKEN * max_len`` characters
+        keeps only that many from each side it is read from, once that piece is checked to
+        hold more words than are read: the words read are then exactly those of the whole
+        text (a word cut in two at the edge is never among them).
+        """
+        limit = CUT_CHARS_PER_TOKEN * self.max_len
+        if len(text) <= 2 * limit:
+            return text
+        m, spare = self.max_len, CUT_SPARE_WORDS
+        if self.truncate == "head":
+            piece = text[:limit]
+            return piece if self._words(piece) >= m + spare else text
+        if self.truncate == "tail":
+            piece = text[-limit:]
+            return piece if self._words(piece) >= m + spare else text
+        head, tail = text[:limit], text[-limit:]
+        if self._words(head) >= m // 2 + spare and self._words(tail) >= m - m // 2 + spare:
+            return head + " " + tail
+        return text
+
     def encode(self, texts: Sequence[str]) -> Encoded:
         # Encoding without truncation keeps the whole review, so every side of the
         # cut (head, tail or both) is taken from the same token list.
-        encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+        encodings = self.tokenizer.encode_batch_fast([self.shorten(t) for t in texts], add_special_tokens=False)
         n = len(encodings)
         ids = np.full((n, self.max_len), PAD_ID, dtype=np.int64)
         lengths = np.ones(n, dtype=np.int64)

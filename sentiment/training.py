@@ -27,8 +27,10 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data as data_module
-from .bundle import save_bundle
+from .bundle import clear_leftovers, save_bundle
 from .errors import SentimentError
+from .files import check_folder_target
+from .options import check_whole
 from .metrics import classification_metrics, format_table
 from .models import MODEL_KINDS, ModelConfig, SentimentRNN
 from .predict import PRECISIONS, positive_probability, resolve_precision
@@ -143,11 +145,8 @@ class TrainConfig:
                 setattr(self, name, value)
         positive = ("vocab_size", "max_len", "embedding_dim", "hidden_size", "num_layers", "epochs",
                     "batch_size", "patience", "pretrain_epochs")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise SentimentError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        if self.max_len < 2:
-            raise SentimentError(f"--max-len must be at least 2 (got {self.max_len})")
+        check_whole(self, positive)
+        check_whole(self, ("max_len",), minimum=2)
         for name in ("lr", "weight_decay", "grad_clip", "adversarial"):
             if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
                 raise SentimentError(f"--{name.replace('_', '-')} must be {'positive' if name == 'lr' else 'at least 0'}"
@@ -286,6 +285,11 @@ def prepare_data(config: TrainConfig, procs: Processes):
     if "label" in train.column_names and -1 in set(train.unique("label")):
         raise SentimentError(f"{config.data}: the train split has unlabelled rows (label -1)")
     train = _subset(train, config.train_subset, config.seed)
+    classes = set(train.unique("label"))
+    if len(classes) < 2:
+        only = data_module.LABEL_NAMES[classes.pop()] if classes else "no"
+        raise SentimentError(f"{config.data}: the train split holds {only} reviews only ({len(train)} rows); "
+                             "a classifier needs negative and positive examples")
     train, validation = data_module.split_validation(train, config.validation_fraction, config.seed)
     test = splits.get("test")
     if test is not None:
@@ -424,13 +428,41 @@ def _default_out(config: TrainConfig) -> str:
     return str(Path("runs") / f"{config.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
 
+def check_run_folder(out: str) -> None:
+    """A new run gets a new or empty folder: never one holding another run or other files."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise SentimentError(f"--out {path} is a file; name a folder for the run")
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if CHECKPOINT in entries:
+        raise SentimentError(f"--out {path} already holds a run; continue it with `python train.py --resume {path}`, "
+                             "or pick another --out")
+    if entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise SentimentError(f"--out {path} is not empty (holds {shown}); a run is written into a new or "
+                             "empty folder: pick another --out")
+    check_folder_target(path, "--out")
+
+
+def clear_run_leftovers(run_dir: Path) -> None:
+    """Temporary files of a run killed while writing: its bundle's, checkpoint's and plot's."""
+    clear_leftovers(run_dir)
+    for leftover in (run_dir / (CHECKPOINT + ".tmp"), run_dir / "curves.tmp.png"):
+        leftover.unlink(missing_ok=True)
+
+
 def train(config: TrainConfig, resume: str | None = None) -> Path:
     """Train per ``config`` (or continue the run in ``resume``) and return the bundle's folder."""
     checkpoint = None
+    main_process = int(os.environ.get("RANK", "0")) == 0
     if resume:
         run_dir = Path(resume)
         checkpoint = load_checkpoint(run_dir)
         config = TrainConfig(**checkpoint["config"])
+        if main_process:
+            clear_run_leftovers(run_dir)
+    elif config.out and main_process:
+        check_run_folder(config.out)
     device_kind = _device_kind(config.device)
     procs = Processes.start(device_kind)
     try:

@@ -186,6 +186,6 @@ def server(tiny_model, tmp_path_factory):
     shutil.copytree(tiny_model, again)
     log = tmp_path_factory.mktemp("server") / "serve.log"
     running = Server("--model", tiny_model, "--model", again, "--precision", "float32", "--max-chars", "5000",
-                     "--max-batch", "8", "--max-upload-mb", "1", log=log).wait_ready()
+                     "--max-batch", "8", "--max-upload-mb", "1", "--max-rows", "50", log=log).wait_ready()
     yield running
     running.stop()

@@ -82,6 +82,59 @@ def test_file_tab_scores_through_the_batch_scorer(client, tmp_path):
     assert Path(download).read_text().count("\n") == 4
 
 
+def test_file_tab_shows_the_uploaded_name_and_caps_rows(client, server, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "my reviews.txt"
+    path.write_text(f"{POSITIVE_REVIEW}\n" * 50)
+    table, download, note = client.predict(handle_file(str(path)), api_name="/score_file")
+    assert {r[table["headers"].index("source")] for r in table["data"]} == {"my reviews.txt"}
+    assert Path(download).read_text().count("my reviews.txt") == 50
+    path.write_text(f"{POSITIVE_REVIEW}\n" * 51)  # --max-rows 50 in conftest's server
+    with pytest.raises(Exception, match="my reviews.txt: more than 50 rows; score at most 50 at a time here"):
+        client.predict(handle_file(str(path)), api_name="/score_file")
+    # A user's mistake is one line in the server's log, not a traceback.
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_old_results_are_removed(tmp_path):
+    from sentiment.app import remove_older
+
+    old, new = tmp_path / "a" / "old.csv", tmp_path / "b" / "new.csv"
+    for path in (old, new):
+        path.parent.mkdir()
+        path.write_text("x")
+    os.utime(old, (0, 0))
+    remove_older(tmp_path, 600)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_explain_keeps_server_memory_flat(server):
+    """Every API call is a new Gradio session holding its values: the sessions kept are bounded."""
+    import httpx
+
+    def rss_mb() -> float:
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+        return int(next(l for l in status.splitlines() if l.startswith("VmRSS:")).split()[1]) / 1024
+
+    words = POSITIVE_REVIEW.split() + NEGATIVE_REVIEW.split()
+
+    def explain(http, i):
+        text = " ".join(words[(i + k) % len(words)] for k in range(800))[:4900] + f" {i}"
+        event = http.post("gradio_api/call/explain", json={"data": [text]}).json()["event_id"]
+        body = http.get(f"gradio_api/call/explain/{event}").text
+        assert "event: complete" in body, body[:300]
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for i in range(150):  # past the 100 sessions kept
+            explain(http, i)
+        before = rss_mb()
+        for i in range(150, 450):
+            explain(http, i)
+        after = rss_mb()
+    assert after - before < 12, (before, after)  # measured: +4 MB bounded, +24 MB with 10,000 sessions
+
+
 def test_serve_refuses_a_broken_model_in_one_line(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     result = run_cli("serve.py", "--model", tmp_path, "--port", str(free_port()))

@@ -1,6 +1,6 @@
 """Accuracy of the four models over several seeds, the linear baseline, and published figures.
 Writes bench/results/accuracy.json and bench/results/accuracy.md; --readme puts the table
-into README.md, --ship copies each model's best-on-validation run into models/.
+into docs/experiments.md (the flag kept its name from when the table lived in README.md), --ship copies each model's best-on-validation run into models/.
 
     python bench/accuracy.py --data ../shared/imdb/aclImdb_v1.tar.gz --seeds 0,1,2 --device cuda --ship --readme
     python bench/accuracy.py --pretrain --models lstm,bilstm --readme   # the pretrained column
@@ -174,7 +174,7 @@ def main() -> None:
                              "made a bilstm epoch take 95 s")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--ship", action="store_true", help="copy each model's best-on-validation run to models/")
-    parser.add_argument("--readme", action="store_true", help="write the table into README.md between markers")
+    parser.add_argument("--readme", action="store_true", help="write the table into docs/experiments.md between markers")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "accuracy.json"))
     args = parser.parse_args()
     if args.jobs < 1:
@@ -244,11 +244,12 @@ def main() -> None:
     out.with_suffix(".md").write_text(table)
     print(table)
     if args.readme:
-        readme = (ROOT / "README.md").read_text()
-        if START not in readme or END not in readme:
-            sys.exit(f"README.md has no {START} ... {END} markers")
-        head, rest = readme.split(START, 1)
-        (ROOT / "README.md").write_text(f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}")
+        page = ROOT / "docs" / "experiments.md"
+        text = page.read_text()
+        if START not in text or END not in text:
+            sys.exit(f"{page} has no {START} ... {END} markers")
+        head, rest = text.split(START, 1)
+        page.write_text(f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}")
     if failed:
         sys.exit("runs that failed (left out of the table):\n" + "\n".join(failed))
 

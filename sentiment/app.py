@@ -24,7 +24,7 @@ from contextlib import nullcontext  # noqa: E402
 
 from .errors import SentimentError  # noqa: E402
 from .options import check_whole  # noqa: E402
-from .predict import NOTHING_TO_JUDGE, Classifier  # noqa: E402
+from .predict import NOTHING_TO_JUDGE, PRECISIONS, Classifier  # noqa: E402
 
 EXAMPLES = [
     "One of the best films I have seen this year. The cast is superb and the ending moved me to tears.",
@@ -89,7 +89,7 @@ class ServeConfig:
     max_batch: int = field(default=128, metadata={"help": "most texts in one JSON API request (run as one batch)",
                                                   "metavar": "N"})
     precision: str = field(default="auto", metadata={
-        "help": "auto: bfloat16 where the CPU/GPU has it, else float32", "choices": ("auto", "float32", "bfloat16")})
+        "help": "auto: bfloat16 where the CPU/GPU has it, else float32", "choices": PRECISIONS})
     concurrency: int = field(default=4, metadata={"help": "requests computed at once; the rest wait in a queue",
                                                   "metavar": "N"})
 
@@ -111,51 +111,43 @@ def card_text(clf: Classifier) -> str:
     return card_body(card)
 
 
-def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = None,
-              gate: threading.Semaphore | None = None):
-    """The page, for ``classifiers`` (name -> Classifier; the first is the main model).
+class Views:
+    """What the page computes, one method per view; every model call passes the shared gate."""
 
-    ``gate`` bounds the model computations running at once; the server shares one gate
-    between this page and its JSON API, so --concurrency holds for both together.
-    """
-    import gradio as gr
+    def __init__(self, classifiers: dict[str, Classifier], config: ServeConfig, gate):
+        self.classifiers, self.config, self.gate = classifiers, config, gate
+        self.main = next(iter(classifiers.values()))
+        self.results = Path(tempfile.mkdtemp(prefix="sentiment-scores-"))
+        atexit.register(shutil.rmtree, self.results, ignore_errors=True)
 
-    from .score import TEXT_COLUMN_HINT, ScoreConfig, score
-
-    config = config or ServeConfig()
-    gate = gate or nullcontext()
-    if not classifiers:
-        raise SentimentError("no model to serve")
-    names = list(classifiers)
-    main = classifiers[names[0]]
-    results = Path(tempfile.mkdtemp(prefix="sentiment-scores-"))
-    atexit.register(shutil.rmtree, results, ignore_errors=True)
-
+    @staticmethod
     def refuse(message: str):
         # A user's mistake: said on the page, not logged as a server traceback.
+        import gradio as gr
+
         return gr.Error(message, print_exception=False)
 
-    def check(text: str | None) -> str:
+    def check(self, text: str | None) -> str:
         text = text or ""
-        if len(text) > config.max_chars:
-            raise refuse(f"The review is {len(text):,} characters long; the limit is {config.max_chars:,}.")
+        if len(text) > self.config.max_chars:
+            raise self.refuse(f"The review is {len(text):,} characters long; the limit is {self.config.max_chars:,}.")
         return text
 
-    def predict(text: str) -> dict[str, float] | str:
-        text = check(text)
-        with gate:
-            result = main.scores([text])
+    def predict(self, text: str) -> dict[str, float] | str:
+        text = self.check(text)
+        with self.gate:
+            result = self.main.scores([text])
         if not result.judged[0]:
             return NOTHING_TO_JUDGE
         p = float(result.p_positive[0])
-        return {main.classes_[0]: 1.0 - p, main.classes_[1]: p}
+        return {self.main.classes_[0]: 1.0 - p, self.main.classes_[1]: p}
 
-    def explain(text: str):
-        text = check(text)
+    def explain(self, text: str):
+        text = self.check(text)
         if not text.strip():
             return [], "Type or paste a review to see which words drove the prediction."
-        with gate:
-            e = main.explain(text)
+        with self.gate:
+            e = self.main.explain(text)
         if not any(k and known for k, known in zip(e.kept, e.known)):
             return [(text, None)], f"No verdict, {NOTHING_TO_JUDGE}: every word is outside the vocabulary."
         scale = max((abs(c) for c in e.contributions), default=0.0)
@@ -167,26 +159,26 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
                    "is left out.</small>")
         return pieces, summary
 
-    def seen(text: str):
-        text = check(text)
+    def seen(self, text: str):
+        text = self.check(text)
         if not text.strip():
             return [], ""
-        with gate:
-            e = main.read(text)
+        with self.gate:
+            e = self.main.read(text)
         tokens = merge_runs([(w.lower() + " ", "cut" if not k else ("<unk>" if not known else "read"))
                              for w, known, k in zip(e.words, e.known, e.kept)])
         unknown = sum(1 for known, k in zip(e.known, e.kept) if k and not known)
         notice = f"{sum(e.kept)} of {len(e.words)} words read; {unknown} unknown (read as `<unk>`)."
         if e.truncated:
-            notice += (f" **The review is longer than {main.encoder.max_len} words: the model read only its "
-                       f"{main.encoder.truncate}; the rest is marked as cut.**")
+            notice += (f" **The review is longer than {self.main.encoder.max_len} words: the model read only its "
+                       f"{self.main.encoder.truncate}; the rest is marked as cut.**")
         return tokens, notice
 
-    def compare(text: str):
-        text = check(text)
+    def compare(self, text: str):
+        text = self.check(text)
         rows = []
-        for name, clf in classifiers.items():
-            with gate:
+        for name, clf in self.classifiers.items():
+            with self.gate:
                 [result] = clf([text])
             if result["label"] is None:
                 rows.append([name, clf.config["model"]["kind"], NOTHING_TO_JUDGE, None])
@@ -194,18 +186,20 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
                 rows.append([name, clf.config["model"]["kind"], result["label"], round(result["p_positive"], 4)])
         return rows
 
-    def score_file(path: str | None):
+    def score_file(self, path: str | None):
+        from .score import TEXT_COLUMN_HINT, ScoreConfig, score
+
         if not path:
-            raise refuse("Choose a .txt, .csv or .jsonl file first.")
-        remove_older(results, RESULT_TTL_S)
-        out = Path(tempfile.mkdtemp(dir=results)) / f"{Path(path).stem}-scored.csv"
+            raise self.refuse("Choose a .txt, .csv or .jsonl file first.")
+        remove_older(self.results, RESULT_TTL_S)
+        out = Path(tempfile.mkdtemp(dir=self.results)) / f"{Path(path).stem}-scored.csv"
         try:
-            with gate:
+            with self.gate:
                 counts = score(ScoreConfig(inputs=[path], out=str(out), on_error="skip", progress=False,
-                                           names=[Path(path).name], max_rows=config.max_rows), main)
+                                           names=[Path(path).name], max_rows=self.config.max_rows), self.main)
         except SentimentError as exc:
             shutil.rmtree(out.parent, ignore_errors=True)
-            raise refuse(str(exc).replace(TEXT_COLUMN_HINT, "name the column text or review")) from None
+            raise self.refuse(str(exc).replace(TEXT_COLUMN_HINT, "name the column text or review")) from None
         with open(out, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = next(reader)
@@ -217,55 +211,85 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
 
         return pd.DataFrame(rows, columns=header), str(out), note
 
+
+def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = None,
+              gate: threading.Semaphore | None = None):
+    """The page, for ``classifiers`` (name -> Classifier; the first is the main model).
+
+    ``gate`` bounds the model computations running at once; the server shares one gate
+    between this page and its JSON API, so --concurrency holds for both together.
+    """
+    import gradio as gr
+
+    config = config or ServeConfig()
+    if not classifiers:
+        raise SentimentError("no model to serve")
+    views = Views(classifiers, config, gate or nullcontext())
+    names = list(classifiers)
     with gr.Blocks(title="sentiment: movie review classifier", delete_cache=(RESULT_TTL_S, RESULT_TTL_S)) as demo:
         gr.Markdown("# Movie review sentiment\nType a review: the prediction updates as you type.")
         with gr.Tab("Review"):
-            with gr.Row():
-                with gr.Column(scale=3):
-                    review = gr.Textbox(label="Review", lines=6, max_length=config.max_chars, elem_id="review",
-                                        placeholder="Paste or type a movie review...")
-                    button = gr.Button("Predict", variant="primary", elem_id="predict")
-                    gr.Examples(EXAMPLES, inputs=review, label="Examples (click one)")
-                with gr.Column(scale=2):
-                    label = gr.Label(label=f"Prediction ({names[0]})", num_top_classes=2, elem_id="label")
-            gr.Markdown("### Why: the words that pushed the score")
-            why = gr.HighlightedText(label="Words that pushed towards positive (green) or negative (red)",
-                                     elem_id="why", show_legend=True, color_map=CONTRIBUTION_COLORS)
-            why_summary = gr.Markdown(elem_id="why-summary")
-            gr.Markdown("### What the model saw")
-            saw = gr.HighlightedText(label="Words after preprocessing", elem_id="saw", show_legend=True,
-                                     color_map={"read": "#d0e4ff", "<unk>": "#ffd27f", "cut": "#cccccc"})
-            saw_notice = gr.Markdown(elem_id="saw-notice")
-            compare_table = gr.Dataframe(headers=["model", "kind", "prediction", "p_positive"],
-                                         label="Compare: every loaded model", elem_id="compare",
-                                         visible=len(classifiers) > 1, interactive=False)
+            review, button, outputs = _review_tab(names[0], config, compare=len(classifiers) > 1)
         with gr.Tab("Score a file"):
-            gr.Markdown(f"Upload a `.txt` (one review per line), `.csv`/`.tsv` (a `text` or `review` column) "
-                        f"or `.jsonl` file, up to {config.max_upload_mb} MB and {config.max_rows:,} rows. "
-                        "Malformed rows become error rows. Files are deleted from the server after "
-                        f"{RESULT_TTL_S // 60} minutes; `python -m sentiment score` takes files of any size.")
-            upload = gr.File(label="Reviews", file_types=[".txt", ".csv", ".tsv", ".jsonl"], elem_id="upload")
-            score_button = gr.Button("Score file", variant="primary", elem_id="score")
-            score_note = gr.Markdown(elem_id="score-note")
-            scored = gr.Dataframe(label="Scored rows", interactive=False, elem_id="scored")
-            download = gr.File(label="Download the scores (CSV)", elem_id="download")
+            upload, score_button, file_outputs = _file_tab(config)
         with gr.Tab("Model card"):
             for name, clf in classifiers.items():
                 gr.Markdown(f"## {name}\n`{clf.path}`\n\n" + card_text(clf), elem_classes="model-card")
-
         # The button's events are the public API; any change of the text (typing, paste,
         # drop, autofill, an example clicked) runs the same functions privately: .input
         # fires on key presses alone in this gradio. always_last: while one prediction
         # runs, only the newest text waits (a debounce).
-        views = [(predict, label, "predict"), (explain, [why, why_summary], "explain"),
-                 (seen, [saw, saw_notice], "seen")]
-        if len(classifiers) > 1:
-            views.append((compare, compare_table, "compare"))
-        for fn, outputs, name in views:
-            button.click(fn, review, outputs, api_name=name, trigger_mode="always_last",
+        for name, target in outputs.items():
+            fn = getattr(views, name)
+            button.click(fn, review, target, api_name=name, trigger_mode="always_last",
                          api_visibility="private" if name == "seen" else "public")
-            review.change(fn, review, outputs, api_name=f"{name}_live", api_visibility="private",
-                         trigger_mode="always_last", show_progress="hidden")
-        score_button.click(score_file, upload, [scored, download, score_note], api_name="score_file")
+            review.change(fn, review, target, api_name=f"{name}_live", api_visibility="private",
+                          trigger_mode="always_last", show_progress="hidden")
+        score_button.click(views.score_file, upload, file_outputs, api_name="score_file")
     demo.queue(default_concurrency_limit=config.concurrency)
     return demo
+
+
+def _review_tab(main_name: str, config: ServeConfig, compare: bool):
+    """The review box, its button, and each view's outputs (by the name of the view)."""
+    import gradio as gr
+
+    with gr.Row():
+        with gr.Column(scale=3):
+            review = gr.Textbox(label="Review", lines=6, max_length=config.max_chars, elem_id="review",
+                                placeholder="Paste or type a movie review...")
+            button = gr.Button("Predict", variant="primary", elem_id="predict")
+            gr.Examples(EXAMPLES, inputs=review, label="Examples (click one)")
+        with gr.Column(scale=2):
+            label = gr.Label(label=f"Prediction ({main_name})", num_top_classes=2, elem_id="label")
+    gr.Markdown("### Why: the words that pushed the score")
+    why = gr.HighlightedText(label="Words that pushed towards positive (green) or negative (red)",
+                             elem_id="why", show_legend=True, color_map=CONTRIBUTION_COLORS)
+    why_summary = gr.Markdown(elem_id="why-summary")
+    gr.Markdown("### What the model saw")
+    saw = gr.HighlightedText(label="Words after preprocessing", elem_id="saw", show_legend=True,
+                             color_map={"read": "#d0e4ff", "<unk>": "#ffd27f", "cut": "#cccccc"})
+    saw_notice = gr.Markdown(elem_id="saw-notice")
+    compare_table = gr.Dataframe(headers=["model", "kind", "prediction", "p_positive"],
+                                 label="Compare: every loaded model", elem_id="compare",
+                                 visible=compare, interactive=False)
+    outputs = {"predict": label, "explain": [why, why_summary], "seen": [saw, saw_notice]}
+    if compare:
+        outputs["compare"] = compare_table
+    return review, button, outputs
+
+
+def _file_tab(config: ServeConfig):
+    """The upload, its button, and the outputs of scoring it."""
+    import gradio as gr
+
+    gr.Markdown(f"Upload a `.txt` (one review per line), `.csv`/`.tsv` (a `text` or `review` column) "
+                f"or `.jsonl` file, up to {config.max_upload_mb} MB and {config.max_rows:,} rows. "
+                "Malformed rows become error rows. Files are deleted from the server after "
+                f"{RESULT_TTL_S // 60} minutes; `python -m sentiment score` takes files of any size.")
+    upload = gr.File(label="Reviews", file_types=[".txt", ".csv", ".tsv", ".jsonl"], elem_id="upload")
+    score_button = gr.Button("Score file", variant="primary", elem_id="score")
+    note = gr.Markdown(elem_id="score-note")
+    scored = gr.Dataframe(label="Scored rows", interactive=False, elem_id="scored")
+    download = gr.File(label="Download the scores (CSV)", elem_id="download")
+    return upload, score_button, [scored, download, note]

@@ -9,13 +9,14 @@ from typing import Sequence
 
 import numpy as np
 
+from .data import LABELS
 from .text import words
 
 
 class LinearBaseline:
     """``fit`` on training reviews, then ``predict_proba`` like a :class:`Classifier`."""
 
-    classes_ = np.array(("negative", "positive"))
+    classes_ = np.array(LABELS)
 
     def __init__(self, C: float = 4.0, seed: int = 0):
         from sklearn.feature_extraction.text import TfidfVectorizer

@@ -1,4 +1,5 @@
-"""The ``sentiment`` command (``train``, ``score``, ``evaluate``) and the entry point behind train.py."""
+"""The ``sentiment`` command (``train``, ``score``, ``evaluate``, ``serve``) and the entry points
+behind train.py and serve.py."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ from .options import add_options, from_args
 
 
 def _train_parser(parser: argparse.ArgumentParser) -> None:
-    from .training import TrainConfig
+    from .recipes import TrainConfig
 
     add_options(parser, TrainConfig)
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
@@ -40,6 +41,13 @@ def _score(args: argparse.Namespace) -> int:
     from .score import ScoreConfig, check_output, score
 
     config = from_args(ScoreConfig, args, inputs=args.inputs)
+    if config.engine == "ray":
+        from .ray_score import score_on_ray
+
+        written = score_on_ray(config)
+        if written["rows"] is not None:
+            print(f"rows written: {written['rows']} in {written['parts']} parts under {config.out}", file=sys.stderr)
+        return 0
     config.output_format()  # a bad --out/--format, or an input it would replace, fails before the model loads
     check_output(config)
     classifier = load_bundle(config.model or default_model_dir(), precision=config.precision)
@@ -63,18 +71,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_parser(parser: argparse.ArgumentParser) -> None:
+    from .app import ServeConfig
+
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
+                        help="model bundle folder; repeat to load several and compare them "
+                             "(default: the shipped model)")
+    add_options(parser, ServeConfig)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import ServeConfig
+    from .server import launch
+
+    launch(from_args(ServeConfig, args))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("train a classifier and write a model bundle", _train_parser, _train),
     "score": ("score reviews in files or from standard input", _score_parser, _score),
     "evaluate": ("metrics of models on labelled reviews", _evaluate_parser, _evaluate),
+    "serve": ("the web page and JSON API on http://127.0.0.1:7860", _serve_parser, _serve),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s options are built (each command's options import its
+    module, and a command imports only what it runs: ``score`` never loads training code)."""
     parser = argparse.ArgumentParser(prog="sentiment", description="Sentiment of movie reviews with recurrent networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add, _) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_text, description=help_text))
+        subparser = sub.add_parser(name, help=help_text, description=help_text)
+        if command is None or name == command:
+            add(subparser)
     return parser
 
 
@@ -94,7 +124,9 @@ def run(handler: Callable[[], int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else "")
     args = parser.parse_args(argv)
     return run(lambda: COMMANDS[args.command][2](args))
 
@@ -108,20 +140,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
-    """``python serve.py ...``: the web page on http://127.0.0.1:7860 by default."""
-    from .app import ServeConfig
-
-    parser = argparse.ArgumentParser(prog="serve.py", description="Serve the sentiment web page.")
-    parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
-                        help="model bundle folder; repeat to load several and compare them "
-                             "(default: the shipped model)")
-    add_options(parser, ServeConfig)
+    """``python serve.py ...``: the same as ``sentiment serve ...``."""
+    parser = argparse.ArgumentParser(prog="serve.py", description=COMMANDS["serve"][0])
+    _serve_parser(parser)
     args = parser.parse_args(argv)
-
-    def serve() -> int:
-        from .server import launch
-
-        launch(from_args(ServeConfig, args))
-        return 0
-
-    return run(serve)
+    return run(lambda: _serve(args))

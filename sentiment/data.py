@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 DEFAULT_DATASET = "stanfordnlp/imdb"
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
-LABEL_NAMES = ("negative", "positive")
+# The two classes, by label id: the one home of their names (predictions, metrics, plots).
+LABELS = ("negative", "positive")
 _LABEL_WORDS = {"0": 0, "neg": 0, "negative": 0, "1": 1, "pos": 1, "positive": 1}
 _STANFORD_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$")
 # Bump when the rows a source turns into change, so old caches are not reused.
@@ -92,6 +93,24 @@ class Row:
     error: str | None = None
 
 
+def is_uri(name: str | Path) -> bool:
+    """``s3://bucket/key`` and the like: a file on a filesystem pyarrow knows, not a local path."""
+    return "://" in str(name)
+
+
+def open_binary(path: str | Path) -> io.BufferedReader:
+    """A local file, or a URI on any filesystem pyarrow knows (s3://, gs://, hdfs://, file://), for reading."""
+    if not is_uri(path):
+        return open(path, "rb")
+    import pyarrow.fs
+
+    try:
+        filesystem, inner = pyarrow.fs.FileSystem.from_uri(str(path))
+        return io.BufferedReader(filesystem.open_input_stream(inner))
+    except (OSError, ValueError) as exc:
+        raise SentimentError(f"{path}: cannot open ({str(exc).splitlines()[0]})") from None
+
+
 def decoded_lines(binary: io.BufferedReader) -> Iterator[tuple[str, int]]:
     """The lines of a binary stream (line ends kept) as text, each with its count of
     undecodable bytes; a BOM at the start decides the encoding of the whole stream."""
@@ -106,7 +125,7 @@ def decoded_lines(binary: io.BufferedReader) -> Iterator[tuple[str, int]]:
 
 
 def _iter_csv(path: Path, delimiter: str) -> Iterator[Row]:
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         bad = [0]
 
         def lines() -> Iterator[str]:
@@ -145,7 +164,7 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[Row]:
 
 
 def _iter_jsonl(path: Path) -> Iterator[Row]:
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         for line_no, (text, bad) in enumerate(decoded_lines(fh), 1):
             if not text.strip():
                 continue  # a blank line in jsonl is no record
@@ -165,7 +184,13 @@ def _iter_parquet(path: Path) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.ParquetFile(path)
+        if is_uri(path):
+            import pyarrow.fs
+
+            filesystem, inner = pyarrow.fs.FileSystem.from_uri(str(path))
+            table = pq.ParquetFile(filesystem.open_input_file(inner))
+        else:
+            table = pq.ParquetFile(path)
     except Exception as exc:
         raise SentimentError(f"{path}: not a readable parquet file ({exc})") from None
     row_no = 0
@@ -176,9 +201,9 @@ def _iter_parquet(path: Path) -> Iterator[Row]:
 
 
 def iter_rows(path: str | Path) -> Iterator[Row]:
-    """Rows of a csv, tsv, jsonl or parquet file, streamed, each with its location."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+    """Rows of a csv, tsv, jsonl or parquet file (a local path or a URI), streamed, each with its location."""
+    path = path if is_uri(path) else Path(path)
+    suffix = Path(str(path)).suffix.lower()
     if suffix == ".csv":
         return _iter_csv(path, ",")
     if suffix == ".tsv":

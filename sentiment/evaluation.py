@@ -13,6 +13,7 @@ from .errors import SentimentError
 from .files import check_file_target, check_folder_target, write_text_atomic
 from .options import check_whole
 from .metrics import classification_metrics, format_table
+from .predict import PRECISIONS
 
 
 @dataclass
@@ -35,7 +36,7 @@ class EvaluateConfig:
                                                      "metavar": "FILE"})
     precision: str = field(default="float32", metadata={
         "help": "float32 reproduces the metrics recorded at training exactly; auto uses bfloat16 where fast",
-        "choices": ("auto", "float32", "bfloat16")})
+        "choices": PRECISIONS})
     batch_size: int = field(default=256, metadata={"help": "reviews per forward pass", "metavar": "N"})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder", "metavar": "DIR"})
 
@@ -113,7 +114,7 @@ def plot_results(results: dict, probabilities: dict, labels: np.ndarray, folder:
     for name in results:
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ConfusionMatrixDisplay(np.asarray(results[name]["confusion_matrix"]),
-                               display_labels=["negative", "positive"]).plot(ax=ax, colorbar=False)
+                               display_labels=list(data_module.LABELS)).plot(ax=ax, colorbar=False)
         ax.set_title(f"{name}: accuracy {results[name]['accuracy']:.4f}")
         fig.tight_layout()
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,9 +1,11 @@
 """Files that appear whole or not at all, with the permissions any file of the user gets."""
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 
 def umask() -> int:
@@ -68,13 +70,15 @@ def check_folder_target(path: str | Path, option: str) -> Path:
     return path
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` by a rename: a reader sees the old file or the new one, never half."""
+def write_atomic(path: str | Path, write: Callable[[str], Any]) -> Path:
+    """Make ``path`` by ``write(tmp)`` into a temporary file beside it, then one rename: a
+    reader sees the old file or the new one, never half of one. A writer killed mid-way
+    leaves ``.NAME.*.tmp``, which :func:`clear_tmp_files` removes."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        write(tmp)
         # mkstemp makes a private file; the result is as readable as any file the user writes.
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
@@ -82,3 +86,15 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def clear_tmp_files(path: str | Path) -> None:
+    """Remove the temporary files that writers of ``path`` killed mid-way left beside it."""
+    path = Path(path)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

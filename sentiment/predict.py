@@ -7,11 +7,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .data import LABELS
 from .errors import SentimentError
 from .models import SentimentRNN
 from .text import PAD_ID, UNK_ID, Encoded, TextEncoder
 
-LABELS = ("negative", "positive")
 # A review with no word of the vocabulary among those the model reads (an empty one, say)
 # gives the model nothing but padding and <unk>: its output then says nothing about the text.
 NOTHING_TO_JUDGE = "nothing to judge: no known words"
@@ -30,7 +30,7 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """``auto`` is bfloat16 where the hardware has it (about 2x faster here), else float32."""
+    """``auto`` is bfloat16 where the hardware computes it natively (faster), else float32."""
     if precision not in PRECISIONS:
         raise SentimentError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     if precision != "auto":
@@ -58,8 +58,8 @@ def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int 
             width = int(encoded.lengths[idx].max())
             if len(idx) < SMALL_BATCH:
                 # A few reviews at a time (the web page): widths rounded up to a multiple of
-                # 32 keep the set of shapes small, which measured p99 latency 100 ms instead of
-                # 330 ms. Large batches keep exact widths: rounding cost them 15% throughput.
+                # 32 keep the set of shapes small, which keeps the tail latency low. Large
+                # batches keep exact widths: rounding costs them throughput.
                 width = min(encoded.ids.shape[1], -(-width // WIDTH_STEP) * WIDTH_STEP)
             ids = torch.from_numpy(encoded.ids[idx, :width]).to(device)
             lengths = torch.from_numpy(encoded.lengths[idx])
@@ -152,7 +152,7 @@ class Classifier:
                  device: str | torch.device = "cpu", precision: str = "float32"):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
-        # bfloat16 weights, not autocast: measured faster on CPU, and nothing is cast per call.
+        # bfloat16 weights, not autocast: nothing is cast per call.
         self.model = model.to(self.device, getattr(torch, self.precision)).eval()
         self.encoder = encoder
         self.config = config

@@ -28,6 +28,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .bundle import read_tensors, shape_mismatch
+from .distributed import Processes, deal_out
+from .files import write_atomic
+from .loop import epoch_order, resume_stage, run_epoch, start_stage, state_copy
 from .errors import SentimentError
 from .models import SentimentRNN
 from .text import PAD_ID, Encoded
@@ -88,36 +91,26 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
     batches dealt out over ``procs``, ``run_epoch``'s step, autocast to ``dtype``). After each
     epoch ``after_epoch`` gets what resuming needs (``resume`` takes it back): the language
     model, optimizer and schedule states and the losses so far."""
-    from .training import Processes, deal_out, epoch_order, restore_rng, run_epoch, state_copy
-
     procs = procs or Processes()
     lm = LanguageModel(model).to(device)
     # The classifier's head takes no part; frozen, DistributedDataParallel expects no gradient for it.
     model.head.requires_grad_(False)
-    wrapped = lm
-    if procs.world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(lm, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     n = len(encoded.lengths)
-    per_rank = -(-n // procs.world)
-    steps = -(-per_rank // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps)
+    stage = start_stage(lm, [p for p in lm.parameters() if p.requires_grad], lr, 0.01, epochs, n, batch_size,
+                        torch.device(device), procs)
     losses: list[float] = []
     if resume is not None:
-        lm.load_state_dict(resume["lm"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
         losses = list(resume["losses"])
-        restore_rng(resume, procs)  # after building the heads, whose initialisation draws from it
+        resume_stage(stage, resume["lm"], resume, procs)  # RNG after the heads, whose initialisation draws from it
     try:
         for epoch in range(len(losses) + 1, epochs + 1):
             order = deal_out(epoch_order(n, batch_size * procs.world, seed, 500 + epoch, encoded.lengths),
-                             per_rank, procs)
+                             stage.per_rank, procs)
             tick = time.time()
-            bar = tqdm(total=steps, desc=f"language model {epoch}/{epochs}", unit="step", disable=not procs.main,
-                       dynamic_ncols=True, leave=False, file=sys.stderr)
-            seen, total, _ = run_epoch(wrapped, optimizer, schedule, encoded, None, order, batch_size, 1.0, device,
-                                       bar, procs.world, dtype=dtype)
+            bar = tqdm(total=stage.steps, desc=f"language model {epoch}/{epochs}", unit="step",
+                       disable=not procs.main, dynamic_ncols=True, leave=False, file=sys.stderr)
+            seen, total, _ = run_epoch(stage.wrapped, stage.optimizer, stage.schedule, encoded, None, order,
+                                       batch_size, 1.0, device, bar, procs.world, dtype=dtype)
             bar.close()
             losses.append(total / seen)
             if procs.main:
@@ -125,7 +118,7 @@ def pretrain(model: SentimentRNN, encoded: Encoded, epochs: int, batch_size: int
                       f"(perplexity {float(np.exp(losses[-1])):.0f}) | {time.time() - tick:.0f}s")
             if after_epoch is not None:
                 after_epoch({"lm": state_copy(lm),
-                             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                             "optimizer": stage.optimizer.state_dict(), "schedule": stage.schedule.state_dict(),
                              "losses": list(losses)})
     finally:
         model.head.requires_grad_(True)
@@ -137,9 +130,7 @@ def shared_state(model: SentimentRNN) -> dict[str, torch.Tensor]:
 
 
 def save_lm(model: SentimentRNN, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(shared_state(model), str(tmp), metadata={"kind": model.config.kind})
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: save_file(shared_state(model), tmp, metadata={"kind": model.config.kind}))
 
 
 def load_lm_into(model: SentimentRNN, folder: Path) -> None:

@@ -10,20 +10,18 @@ The web page's file tab calls :func:`score_rows` too, so both score files the sa
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-from .data import decode, decoded_lines, iter_rows, not_text
+from .data import decode, decoded_lines, is_uri, iter_rows, not_text, open_binary
 from .errors import SentimentError
-from .files import check_file_target, umask
+from .files import check_file_target, clear_tmp_files, write_atomic
 from .options import check_whole
-from .predict import Classifier
+from .predict import PRECISIONS, Classifier
 
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
 TEXT_COLUMNS = ("text", "review")
@@ -51,16 +49,28 @@ class ScoreConfig:
         "choices": ("stop", "skip")})
     precision: str = field(default="auto", metadata={
         "help": "auto: bfloat16 where the CPU/GPU has it (about 2x faster), else float32",
-        "choices": ("auto", "float32", "bfloat16")})
+        "choices": PRECISIONS})
     chunk_size: int = field(default=4096, metadata={"help": "rows read and scored at a time", "metavar": "N"})
     batch_size: int = field(default=256, metadata={"help": "reviews per forward pass", "metavar": "N"})
     progress: bool | None = field(default=None, metadata={
         "help": "progress bar with rows/s on stderr (default: when stderr is a terminal)"})
+    engine: str = field(default="local", metadata={
+        "help": "local: this process; ray: a Ray cluster (pip install -e \".[ray]\"; --out is then a folder of parts)",
+        "choices": ("local", "ray")})
+    address: str | None = field(default=None, metadata={
+        "help": "with --engine ray: the cluster to join (auto: the one running here; default: start a local one)",
+        "metavar": "ADDR"})
+    workers: int = field(default=2, metadata={"help": "with --engine ray: scoring workers, each holding the model",
+                                              "metavar": "N"})
+    device: str = field(default="cpu", metadata={"help": "with --engine ray: where workers compute",
+                                                 "choices": ("cpu", "cuda")})
     names: list[str] | None = field(default=None, metadata={"cli": False})  # see read_inputs
     max_rows: int | None = field(default=None, metadata={"cli": False})    # the page's cap per file
 
     def __post_init__(self):
-        check_whole(self, ("chunk_size", "batch_size"))
+        check_whole(self, ("chunk_size", "batch_size", "workers"))
+        if self.engine == "local" and (self.address or self.device != "cpu"):
+            raise SentimentError("--address and --device are options of --engine ray")
 
     def output_format(self) -> str:
         if self.format:
@@ -153,6 +163,9 @@ def read_inputs(inputs: Sequence[str], text_column: str | None = None,
         if name == "-":
             yield from _lines(sys.stdin.buffer, "<stdin>")
             continue
+        if is_uri(name):
+            yield from _uri(name, text_column, shown)
+            continue
         path = Path(name)
         if path.is_dir():
             yield from _folder(path, shown)
@@ -168,16 +181,27 @@ def read_inputs(inputs: Sequence[str], text_column: str | None = None,
                                  f"{', '.join(INPUT_SUFFIXES)}, a folder of .txt files, or - for stdin")
 
 
+def _uri(name: str, text_column: str | None, shown: str) -> Iterator[Record]:
+    suffix = Path(name).suffix.lower()
+    if suffix == ".txt":
+        with open_binary(name) as fh:
+            yield from _lines(fh, shown)
+    elif suffix in INPUT_SUFFIXES:
+        yield from _table(name, text_column, shown)
+    else:
+        raise SentimentError(f"{name}: unsupported input type {suffix!r}; expected {', '.join(INPUT_SUFFIXES)}")
+
+
 def check_inputs(inputs: Sequence[str], out: str | None = None) -> None:
     """Fail before any work on an input that does not exist, or an output that would replace an input."""
     if not inputs:
         raise SentimentError("no input given: name files, folders, or - for standard input")
     for name in inputs:
-        if name != "-" and not Path(name).exists():
+        if name != "-" and not is_uri(name) and not Path(name).exists():
             raise SentimentError(f"{name}: no such file or directory")
     if out and Path(out).exists():
         for name in inputs:
-            if name != "-" and Path(name).is_file() and os.path.samefile(name, out):
+            if name != "-" and not is_uri(name) and Path(name).is_file() and os.path.samefile(name, out):
                 raise SentimentError(f"--out {out} is the input {name}: scoring would replace it; "
                                      "write the scores to another file")
 
@@ -370,10 +394,8 @@ def check_output(config: ScoreConfig) -> None:
         raise SentimentError("--format parquet needs --out FILE (parquet cannot stream to a terminal)")
     if not config.out:
         return
-    target = check_file_target(config.out, "--out")
-    # A run killed while writing leaves its temporary file beside the output: remove it.
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        leftover.unlink(missing_ok=True)
+    check_file_target(config.out, "--out")
+    clear_tmp_files(config.out)  # what a run killed while writing left beside the output
 
 
 def _at_most(records: Iterable[Record], limit: int) -> Iterator[Record]:
@@ -386,20 +408,29 @@ def _at_most(records: Iterable[Record], limit: int) -> Iterator[Record]:
 
 def score(config: ScoreConfig, classifier: Classifier) -> Counts:
     """Run ``sentiment score``: read, score and write every input row."""
-    fmt = config.output_format()
     check_output(config)
     counts = Counts()
-    tmp_path = None
-    if config.out:
-        target = Path(config.out)
-        fd, tmp_path = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
+    if not config.out:
+        _write(config, classifier, counts, None)
+        return counts
+    try:
+        write_atomic(config.out, lambda tmp: _write(config, classifier, counts, tmp))
+    except OSError as exc:
+        # A full disk, a file size limit: nothing appears under the output's name.
+        raise SentimentError(f"--out {config.out}: writing failed ({exc.strerror or exc}); "
+                             "nothing was written") from None
+    return counts
+
+
+def _write(config: ScoreConfig, classifier: Classifier, counts: Counts, path: str | None) -> None:
+    """Score every input row into ``path`` (standard output when None)."""
+    fmt = config.output_format()
     stream = None
     try:
         if fmt == "parquet":
-            writer = _ParquetWriter(tmp_path)
+            writer = _ParquetWriter(path)
         else:
-            stream = open(tmp_path, "w", newline="", encoding="utf-8") if tmp_path else sys.stdout
+            stream = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
             writer = (_CsvWriter if fmt == "csv" else _JsonlWriter)(stream)
         bar = None
         if config.progress or (config.progress is None and sys.stderr.isatty()):
@@ -420,30 +451,11 @@ def score(config: ScoreConfig, classifier: Classifier) -> Counts:
         if not wrote_any and fmt == "csv":
             stream.write(",".join(OUR_COLUMNS) + "\n")
         writer.close()
-        if stream is not None and stream is not sys.stdout:
-            stream.close()
-            stream = None
-        if tmp_path:
-            if fmt == "parquet" and not wrote_any:
-                _empty_parquet(tmp_path)
-            os.chmod(tmp_path, 0o666 & ~umask())
-            os.replace(tmp_path, config.out)
-            tmp_path = None
-    except OSError as exc:
-        if not tmp_path:
-            raise
-        # A full disk, a file size limit: nothing appears under the output's name.
-        raise SentimentError(f"--out {config.out}: writing failed ({exc.strerror or exc}); "
-                             "nothing was written") from None
+        if fmt == "parquet" and not wrote_any:
+            _empty_parquet(path)
     finally:
         if stream is not None and stream is not sys.stdout:
-            try:
-                stream.close()
-            except OSError:
-                pass
-        if tmp_path and os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-    return counts
+            stream.close()
 
 
 def _empty_parquet(path: str) -> None:

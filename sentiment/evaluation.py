@@ -31,7 +31,7 @@ class EvaluateConfig:
     baseline: bool = field(default=False, metadata={
         "help": "add TF-IDF (1-2 grams) + logistic regression, trained on the source's train split"})
     plot: str | None = field(default=None, metadata={
-        "help": "write confusion-matrix and ROC-curve PNGs into this folder", "metavar": "DIR"})
+        "help": "write confusion-matrix, ROC-curve and reliability-diagram PNGs into this folder", "metavar": "DIR"})
     json: str | None = field(default=None, metadata={"help": "write the metrics to this JSON file",
                                                      "metavar": "FILE"})
     precision: str = field(default="float32", metadata={
@@ -111,6 +111,7 @@ def plot_results(results: dict, probabilities: dict, labels: np.ndarray, folder:
     fig.tight_layout()
     fig.savefig(folder / "roc.png", dpi=100)
     plt.close(fig)
+    _reliability(plt, probabilities, labels, folder / "reliability.png")
     for name in results:
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ConfusionMatrixDisplay(np.asarray(results[name]["confusion_matrix"]),
@@ -120,3 +121,67 @@ def plot_results(results: dict, probabilities: dict, labels: np.ndarray, folder:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         fig.savefig(folder / f"confusion-{safe}.png", dpi=100)
         plt.close(fig)
+
+
+def _reliability(plt, probabilities: dict, labels: np.ndarray, path: Path) -> None:
+    """Accuracy against confidence per bin of the predicted class's probability (the bins of ECE)."""
+    from .calibration import ECE_BINS
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0.5, 1], [0.5, 1], "k--", alpha=0.4, label="perfectly calibrated")
+    for name, p in probabilities.items():
+        confidence = np.maximum(p, 1 - p)
+        correct = (p >= 0.5) == (labels == 1)
+        which = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+        bins = [b for b in range(ECE_BINS) if (which == b).any()]
+        ax.plot([confidence[which == b].mean() for b in bins], [correct[which == b].mean() for b in bins], "o-",
+                label=name)
+    ax.set(xlabel="confidence (probability of the predicted class)", ylabel="accuracy",
+           title=f"reliability ({ECE_BINS} equal-width bins)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | None = None) -> dict:
+    """``sentiment calibrate``: fit a bundle's temperature on the validation split it was trained
+    with (rebuilt from its config: data, seed, validation fraction), record it and the
+    calibrated metrics in its ``config.json``, and refresh its model card. Weights and
+    tokenizer are untouched, so their hashes still hold."""
+    from . import calibration
+    from .bundle import CONFIG, load_bundle, read_config
+    from .card import write_card
+    from .distributed import Processes
+    from .recipes import TrainConfig
+    from .training import prepare_data
+
+    config = read_config(model_dir)
+    training = dict(config.get("training") or {})
+    if not training:
+        raise SentimentError(f"{model_dir}/{CONFIG}: no 'training' section, so its validation split is unknown")
+    if data:
+        training["data"] = data
+    if cache_dir:
+        training["cache_dir"] = cache_dir
+    training["out"] = None
+    train_config = TrainConfig(**training)
+    _, validation, test, _ = prepare_data(train_config, Processes())
+    clf = load_bundle(model_dir, precision="float32")
+    clf.temperature = 1.0  # the network as trained: the temperature is fitted on its own logits
+    val_labels = np.asarray(validation["label"])
+    fitted = calibration.record(val_labels, clf.predict_proba(validation["text"])[:, 1])
+    clf.temperature = fitted.get("temperature", 1.0)
+    metrics = dict(config.get("metrics") or {})
+    metrics["validation"] = classification_metrics(val_labels, clf.predict_proba(validation["text"])[:, 1])
+    if test is not None and "test" in metrics:
+        metrics["test"] = classification_metrics(np.asarray(test["label"]), clf.predict_proba(test["text"])[:, 1])
+    config.update({"metrics": metrics, "calibration": fitted})
+    write_text_atomic(Path(model_dir) / CONFIG, json.dumps(config, indent=2) + "\n")
+    write_card(model_dir, config)
+    if fitted["method"] == "none":
+        print(f"{model_dir}: no temperature fitted: {fitted['reason']}")
+    else:
+        print(f"{model_dir}: temperature {fitted['temperature']} fitted on {fitted['n']} validation reviews; ECE "
+              f"{fitted['ece_before']} -> {fitted['ece_after']}, NLL {fitted['nll_before']} -> {fitted['nll_after']}")
+    return fitted

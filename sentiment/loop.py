@@ -15,10 +15,11 @@ from torch import nn
 from .distributed import Processes, restore_rng, wrap
 from .metrics import classification_metrics
 from .predict import positive_probability, resolve_precision
+from .text import PAD_ID
 
 
-def evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device) -> dict:
-    p = positive_probability(model, encoded, batch_size, device)
+def evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device, temperature: float = 1.0) -> dict:
+    p = positive_probability(model, encoded, batch_size, device, temperature)
     eps = 1e-7
     loss = float(-np.mean(labels * np.log(p + eps) + (1 - labels) * np.log(1 - p + eps)))
     return {"loss": loss, **classification_metrics(labels, p)}
@@ -141,14 +142,16 @@ CTRL_C = CtrlC()
 def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray | None, order: np.ndarray,
               batch_size: int, grad_clip: float, device, bar=None, world: int = 1,
               dtype: torch.dtype = torch.float32, average: WeightAverage | None = None,
-              adversarial: float = 0.0) -> tuple[int, float, int]:
+              adversarial: float = 0.0, crop: tuple[float, int, int] = (0.0, 1, 1)) -> tuple[int, float, int]:
     """One pass over ``order``'s reviews; returns (reviews seen, summed loss, correct predictions).
 
     With ``labels`` the model returns logits and is trained on cross-entropy; without, the
     model returns its own loss (the language model of ``--pretrain lm``; correct stays 0).
     ``dtype`` bfloat16 runs the steps under autocast (weights and optimizer stay float32).
     ``adversarial`` > 0 adds, per step, the loss of the same reviews with their embedded words
-    moved by that L2 norm along the loss's gradient (two forward/backward passes a step)."""
+    moved by that L2 norm along the loss's gradient (two forward/backward passes a step).
+    ``crop`` (share, shortest, longest) replaces that share of each labelled batch's reviews
+    by random contiguous crops of their words (see :func:`crop_batch`)."""
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     seen, total_loss, correct = 0, 0.0, 0
@@ -157,9 +160,12 @@ def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray
     for start in range(0, len(order), batch_size):
         CTRL_C.check()
         idx = order[start:start + batch_size]
-        lengths = torch.from_numpy(encoded.lengths[idx])
+        batch_ids, batch_lengths = encoded.ids[idx], encoded.lengths[idx]
+        if crop[0] and labels is not None:
+            batch_ids, batch_lengths = crop_batch(batch_ids, batch_lengths, *crop)
+        lengths = torch.from_numpy(batch_lengths)
         # Batches are cut to their longest review: no step runs over padding alone.
-        ids = torch.from_numpy(encoded.ids[idx, :int(lengths.max())]).to(device)
+        ids = torch.from_numpy(batch_ids[:, :int(lengths.max())]).to(device)
         perturbation = None
         if adversarial and labels is not None:
             # A zero perturbation whose gradient is the loss's gradient at the embedded words.
@@ -193,6 +199,25 @@ def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", reviews_s=f"{seen * world / (time.time() - tick):.0f}")
     return seen, total_loss, correct
+
+
+def crop_batch(ids: np.ndarray, lengths: np.ndarray, share: float, shortest: int,
+               longest: int) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of a batch with a ``share`` of its reviews cut to a random contiguous run of
+    ``shortest``..``longest`` of their words (fewer where a review is shorter), at the start
+    of the row, padded after: the short text people type, taken from long reviews. Draws
+    from torch's generator, so a seeded or resumed run crops alike."""
+    ids, lengths = ids.copy(), lengths.copy()
+    chosen = (torch.rand(len(lengths)) < share).numpy()
+    for row in np.flatnonzero(chosen):
+        n = int(lengths[row])
+        size = int(torch.randint(min(shortest, n), min(longest, n) + 1, (1,)))
+        begin = int(torch.randint(0, n - size + 1, (1,)))
+        kept = ids[row, begin:begin + size].copy()
+        ids[row, :] = PAD_ID
+        ids[row, :size] = kept
+        lengths[row] = size
+    return ids, lengths
 
 
 def adversarial_perturbation(gradient: torch.Tensor, norm: float) -> torch.Tensor:

@@ -1,10 +1,12 @@
-"""Classification metrics (scikit-learn) and the table they are printed as."""
+"""Classification metrics (scikit-learn), calibration (ECE, NLL, Brier) and the table they are printed as."""
 from __future__ import annotations
 
 import numpy as np
 from sklearn import metrics as skm
 
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
+from .calibration import calibration_metrics
+
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "ece", "nll", "brier")
 
 
 def classification_metrics(labels, p_positive, threshold: float = 0.5) -> dict:
@@ -21,6 +23,7 @@ def classification_metrics(labels, p_positive, threshold: float = 0.5) -> dict:
         # ROC-AUC is undefined when only one class is present.
         "roc_auc": float(skm.roc_auc_score(labels, p_positive)) if len(set(labels.tolist())) == 2 else None,
         "confusion_matrix": skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
+        **calibration_metrics(labels, p_positive),
     }
     return result
 

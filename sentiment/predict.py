@@ -42,10 +42,11 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 
 def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int = 256,
-                         device: str | torch.device = "cpu") -> np.ndarray:
+                         device: str | torch.device = "cpu", temperature: float = 1.0) -> np.ndarray:
     """P(positive) for each encoded review, in input order (computed in the model's dtype).
 
     Batches are formed from reviews of similar length so little time goes to padding.
+    The logits are divided by ``temperature`` first (1: the network as trained).
     """
     n = len(encoded.lengths)
     result = np.empty(n, dtype=np.float64)
@@ -64,7 +65,7 @@ def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int 
             ids = torch.from_numpy(encoded.ids[idx, :width]).to(device)
             lengths = torch.from_numpy(encoded.lengths[idx])
             logits = model(ids, lengths).float()
-            result[idx] = torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
+            result[idx] = torch.softmax(logits / temperature, dim=-1)[:, 1].cpu().numpy()
     model.train(was_training)
     return result
 
@@ -140,6 +141,16 @@ class Explanation:
         return [p for p in pairs[:n] if (p[1] > 0 if positive else p[1] < 0)]
 
 
+def temperature_of(config: dict) -> float:
+    """The fitted temperature a bundle's config records (1.0 when none was fitted)."""
+    calibration = config.get("calibration")
+    if isinstance(calibration, dict) and calibration.get("method") == "temperature":
+        value = calibration.get("temperature")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return 1.0
+
+
 class Classifier:
     """A trained sentiment model with the scikit-learn prediction interface.
 
@@ -157,6 +168,8 @@ class Classifier:
         self.encoder = encoder
         self.config = config
         self.path = path
+        # Post-hoc calibration (temperature scaling), when fitted: every probability uses it.
+        self.temperature = temperature_of(config)
 
     def __repr__(self) -> str:
         return f"Classifier(kind={self.config['model']['kind']!r}, path={self.path!r})"
@@ -176,7 +189,7 @@ class Classifier:
         """P(positive) of each review and how many known words the model read in it."""
         encoded = self.encoder.encode(self._as_list(texts))
         known = ((encoded.ids != UNK_ID) & (encoded.ids != PAD_ID)).sum(axis=1)
-        return Scores(positive_probability(self.model, encoded, batch_size, self.device), known)
+        return Scores(positive_probability(self.model, encoded, batch_size, self.device, self.temperature), known)
 
     def __call__(self, texts: Sequence[str], batch_size: int = 256) -> list[dict]:
         """One result per review, shaped as a ``transformers`` sentiment pipeline's.
@@ -213,7 +226,8 @@ class Classifier:
         for j in range(n):
             rows[j + 1, :n - 1] = np.delete(read, j)
             lengths[j + 1] = max(n - 1, 1)
-        p = positive_probability(self.model, Encoded(rows, lengths, lengths.copy()), batch_size, self.device)
+        p = positive_probability(self.model, Encoded(rows, lengths, lengths.copy()), batch_size, self.device,
+                                 self.temperature)
         e.p_positive = float(p[0])
         for j, i in enumerate(kept_positions):
             e.contributions[i] = float(p[0] - p[j + 1])

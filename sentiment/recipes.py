@@ -61,6 +61,11 @@ class TrainConfig:
     ema: float | None = field(default=None, metadata=_opt(
         "keep, validate and save an exponential moving average of the weights with this decay per step (0: off)"
         + PER_MODEL, metavar="DECAY"))
+    crop: float = field(default=0.0, metadata=_opt(
+        "share of training reviews replaced, each step, by a random contiguous crop of --crop-words words "
+        "with the review's label, so the classifier also learns from short text; 0: off", metavar="P"))
+    crop_words: str = field(default="5-40", metadata=_opt("the crops' length range in words, MIN-MAX",
+                                                          metavar="MIN-MAX"))
     adversarial: float | None = field(default=None, metadata=_opt(
         "adversarial training (Miyato et al. 2017): each step also learns from its reviews with the embedded "
         "words pushed this far (L2 norm per review) in the direction that raises the loss most; 0: off"
@@ -112,7 +117,8 @@ class TrainConfig:
             if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
                 raise SentimentError(f"--{name.replace('_', '-')} must be {'positive' if name == 'lr' else 'at least 0'}"
                                      f" (got {getattr(self, name)})")
-        for name in ("dropout", "word_dropout", "ema"):
+        self.crop_range()
+        for name in ("dropout", "word_dropout", "ema", "crop"):
             if not 0 <= getattr(self, name) < 1:
                 raise SentimentError(f"--{name.replace('_', '-')} must be in [0, 1) (got {getattr(self, name)})")
         if not 0 < self.validation_fraction < 1:
@@ -128,6 +134,16 @@ class TrainConfig:
             from .pretrain import check_sizes
 
             check_sizes(self.model, self.num_layers)
+
+    def crop_range(self) -> tuple[int, int]:
+        """``--crop-words`` as (shortest, longest)."""
+        try:
+            low, high = (int(part) for part in str(self.crop_words).split("-"))
+        except ValueError:
+            raise SentimentError(f"--crop-words must be MIN-MAX, such as 5-40 (got {self.crop_words!r})") from None
+        if not 1 <= low <= high:
+            raise SentimentError(f"--crop-words needs 1 <= MIN <= MAX (got {self.crop_words!r})")
+        return low, high
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(kind=self.model, vocab_size=vocab_size, embedding_dim=self.embedding_dim,

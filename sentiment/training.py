@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import calibration
 from . import data as data_module
 from .bundle import save_bundle
 from .distributed import Processes, deal_out, device_kind, gather_rng
@@ -35,6 +36,7 @@ from .loop import (CTRL_C, WeightAverage, adversarial_perturbation, cpu_copy, ep
                    evaluate, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
 from .metrics import format_table
 from .models import SentimentRNN
+from .predict import positive_probability
 from .pretrain import LM_WEIGHTS, load_lm_into, pretrain, save_lm
 from .recipes import TrainConfig
 from .runs import (CHECKPOINT, check_run_folder, clear_run_leftovers, default_out, load_checkpoint, plot_history,
@@ -194,6 +196,9 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
     progress = _classifier(run, model, encoder, data, classifier_checkpoint)
     if procs.main:
         _finish(run, model, encoder, data, progress, test_rows)
+    # Every rank ends together: none tears the process group down while rank 0 still
+    # computes the final metrics (a rank that left early was seen to abort under load).
+    procs.barrier()
     return run.folder
 
 
@@ -308,7 +313,8 @@ def _epoch(run: Run, stage, model: SentimentRNN, encoder: TextEncoder, data: Dat
     seen, total_loss, correct = run_epoch(stage.wrapped, stage.optimizer, stage.schedule, data.train,
                                           data.train_labels, order, config.batch_size, config.grad_clip, run.device,
                                           bar, procs.world, dtype=run.dtype, average=average,
-                                          adversarial=config.adversarial)
+                                          adversarial=config.adversarial,
+                                          crop=(config.crop, *config.crop_range()))
     bar.close()
     if average is None:
         val = evaluate(model, data.val, data.val_labels, 256, run.device)
@@ -356,12 +362,16 @@ def _finish(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data, pro
     saved_dtype = getattr(torch, config.weights_dtype)
     progress.best_state = {k: v.to(saved_dtype).float() if v.is_floating_point() else v
                            for k, v in progress.best_state.items()}
-    metrics = {"validation": evaluate_state(model, progress.best_state, data.val, data.val_labels, run.device)}
+    model.load_state_dict(progress.best_state)
+    # Temperature scaling, fitted on validation; every figure recorded, and every
+    # probability the bundle gives later, is calibrated.
+    calibrated = calibration.record(data.val_labels, positive_probability(model, data.val, 256, run.device))
+    temperature = calibrated.get("temperature", 1.0)
+    metrics = {"validation": evaluate(model, data.val, data.val_labels, 256, run.device, temperature)}
     if test_rows is not None:
-        model.load_state_dict(progress.best_state)
         test_labels = np.asarray(test_rows["label"], dtype=np.int64)
-        metrics["test"] = evaluate(model, encoder.encode(test_rows["text"]), test_labels, 256, run.device)
-    _save_best(run, model, encoder, progress, {"metrics": metrics}, finished=True)
+        metrics["test"] = evaluate(model, encoder.encode(test_rows["text"]), test_labels, 256, run.device, temperature)
+    _save_best(run, model, encoder, progress, {"metrics": metrics, "calibration": calibrated}, finished=True)
     print(format_table({config.model: metrics.get("test", metrics["validation"])},
                        title=f"{'test' if 'test' in metrics else 'validation'} metrics of the best epoch "
                              f"({progress.best['epoch']}), {run.wall_time():.0f}s in all:"))

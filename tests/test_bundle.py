@@ -166,5 +166,5 @@ def test_model_card_carries_the_metadata_and_figures_of_config(tiny_model, tmp_p
     config["metrics"]["short_text"] = {"n": 10, "accuracy": 0.7, "ece": 0.05}
     (tmp_path / "config.json").write_text(json.dumps(config))
     rewritten = write_card(tmp_path).read_text()
-    assert "Calibration: method temperature, temperature 1.5." in rewritten
+    assert "Calibration: temperature scaling, T = 1.5 fitted on" in rewritten
     assert "| short_text | 10 | 70.00% |" in rewritten and "not measured" in rewritten

@@ -1,0 +1,94 @@
+"""Calibrated probabilities: ECE/NLL/Brier, temperature scaling, and the bundle applying it."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import make_reviews, run_cli, write_table
+from sentiment import load_bundle
+from sentiment.calibration import calibration_metrics, fit_temperature, rescale, sigmoid
+
+
+def test_ece_of_a_small_example_by_hand():
+    labels = np.array([1, 1, 0, 0])
+    p = np.array([0.9, 0.9, 0.9, 0.2])  # confidences 0.9, 0.9, 0.9, 0.8; correct 1, 1, 0, 1
+    m = calibration_metrics(labels, p)
+    # bin [0.8, 0.867): one review, accuracy 1, confidence 0.8; bin [0.867, 0.933): three, accuracy 2/3, confidence 0.9
+    assert m["ece"] == pytest.approx(0.25 * 0.2 + 0.75 * abs(2 / 3 - 0.9))
+    assert m["brier"] == pytest.approx(np.mean((p - labels) ** 2))
+    assert m["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.9, 0.1, 0.8])))
+
+
+def test_temperature_scaling_finds_the_temperature_that_made_the_data():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, 20_000)
+    labels = (rng.random(20_000) < sigmoid(z / 2.5)).astype(int)  # a network overconfident by T = 2.5
+    t = fit_temperature(labels, sigmoid(z))
+    assert t == pytest.approx(2.5, rel=0.05)
+    before, after = calibration_metrics(labels, sigmoid(z)), calibration_metrics(labels, rescale(sigmoid(z), t))
+    assert after["ece"] < 0.02 < before["ece"] and after["nll"] < before["nll"]
+
+
+@pytest.fixture(scope="module")
+def calibrated_model(tmp_path_factory):
+    """A small model trained on 2,400 cue-word reviews, a tenth of them with the wrong label
+    (so no model is sure of everything): 240 validation reviews, enough to fit a temperature."""
+    folder = tmp_path_factory.mktemp("calibrated")
+    reviews = [(text, label if i % 10 else 1 - label) for i, (text, label) in enumerate(make_reviews(2400))]
+    data = write_table(folder / "reviews.csv", [{"text": t, "label": y} for t, y in reviews])
+    result = run_cli("train.py", "--data", data, "--model", "rnn", "--epochs", "2", "--embedding-dim", "8",
+                     "--hidden-size", "8", "--max-len", "32", "--vocab-size", "100", "--batch-size", "32",
+                     "--lr", "0.01", "--adversarial", "0", "--out", folder / "run")
+    assert result.returncode == 0, result.stderr
+    return folder / "run"
+
+
+def test_too_few_validation_reviews_fit_no_temperature(tiny_model):
+    calibration = json.loads((tiny_model / "config.json").read_text())["calibration"]
+    assert calibration["method"] == "none" and "at least 200" in calibration["reason"]
+    assert load_bundle(tiny_model).temperature == 1.0
+
+
+def test_training_calibrates_and_every_probability_uses_it(calibrated_model, tmp_path):
+    tiny_model = calibrated_model
+    config = json.loads((tiny_model / "config.json").read_text())
+    calibration = config["calibration"]
+    assert calibration["method"] == "temperature" and 0.25 < calibration["temperature"] < 10
+    assert calibration["n"] == 240
+    assert {"ece", "nll", "brier"} <= set(config["metrics"]["validation"])
+    texts = [t for t, _ in make_reviews(6, seed=7)]
+    clf = load_bundle(tiny_model)
+    calibrated = clf.predict_proba(texts)[:, 1]
+    clf.temperature = 1.0
+    raw = clf.predict_proba(texts)[:, 1]
+    assert calibrated == pytest.approx(rescale(raw, calibration["temperature"]), abs=1e-6)
+    # Another temperature in config.json changes what the bundle says, not its labels.
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_model, bundle)
+    config["calibration"]["temperature"] = 3.0
+    (bundle / "config.json").write_text(json.dumps(config))
+    hotter = load_bundle(bundle).predict_proba(texts)[:, 1]
+    assert hotter == pytest.approx(rescale(raw, 3.0), abs=1e-6)
+    assert ((hotter >= 0.5) == (raw >= 0.5)).all()
+
+
+def test_calibrate_command_and_evaluate_report(calibrated_model, tmp_path):
+    tiny_model = calibrated_model
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_model, bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    del config["calibration"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    result = run_cli("-m", "sentiment", "calibrate", "--model", bundle)
+    assert result.returncode == 0, result.stderr
+    assert "validation reviews; ECE" in result.stdout
+    refitted = json.loads((bundle / "config.json").read_text())
+    assert refitted["calibration"]["temperature"] == pytest.approx(
+        json.loads((tiny_model / "config.json").read_text())["calibration"]["temperature"], rel=1e-3)
+    assert "Calibration: temperature scaling, T = " in (bundle / "README.md").read_text()
+    data = write_table(tmp_path / "l.csv", [{"text": "wonderful superb", "label": 1}, {"text": "awful boring", "label": 0}])
+    shown = run_cli("-m", "sentiment", "evaluate", "--model", bundle, "--data", data, "--plot", tmp_path / "plots")
+    assert shown.returncode == 0, shown.stderr
+    assert all(f"\n{m} " in shown.stdout for m in ("ece", "nll", "brier"))
+    assert (tmp_path / "plots" / "reliability.png").stat().st_size > 1000

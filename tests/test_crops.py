@@ -1,0 +1,54 @@
+"""Training for short input: random contiguous crops of training reviews (train.py --crop)."""
+import json
+
+import numpy as np
+import torch
+
+from conftest import run_cli
+from sentiment.loop import crop_batch
+from sentiment.text import PAD_ID
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    lengths = np.array([200, 50, 8, 3, 120])
+    ids = np.full((5, 200), PAD_ID, dtype=np.int64)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(2, 10_000, n)
+    return ids, lengths
+
+
+def test_every_crop_is_a_contiguous_run_of_the_review():
+    ids, lengths = _batch()
+    torch.manual_seed(0)
+    cropped, new = crop_batch(ids, lengths, 1.0, 5, 40)
+    assert (ids == _batch()[0]).all()  # the input is left as it was
+    for row in range(len(lengths)):
+        n, size = lengths[row], new[row]
+        assert min(5, n) <= size <= min(40, n)
+        kept = cropped[row, :size].tolist()
+        original = ids[row, :n].tolist()
+        assert any(original[i:i + size] == kept for i in range(n - size + 1))
+        assert (cropped[row, size:] == PAD_ID).all()
+
+
+def test_no_share_crops_nothing_and_a_seed_crops_alike():
+    ids, lengths = _batch()
+    same_ids, same_lengths = crop_batch(ids, lengths, 0.0, 5, 40)
+    assert (same_ids == ids).all() and (same_lengths == lengths).all()
+    torch.manual_seed(3)
+    first = crop_batch(ids, lengths, 0.5, 5, 40)
+    torch.manual_seed(3)
+    again = crop_batch(ids, lengths, 0.5, 5, 40)
+    assert (first[0] == again[0]).all() and (first[1] == again[1]).all()
+
+
+def test_crop_options_are_checked_and_recorded(stanford_archive, tmp_path):
+    bad = run_cli("train.py", "--crop-words", "40-5")
+    assert bad.returncode == 2 and "--crop-words needs 1 <= MIN <= MAX (got '40-5')" in bad.stderr
+    result = run_cli("train.py", "--data", stanford_archive, "--model", "rnn", "--epochs", "1", "--crop", "0.5",
+                     "--crop-words", "2-6", "--embedding-dim", "8", "--hidden-size", "8", "--max-len", "32",
+                     "--vocab-size", "100", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    training = json.loads((tmp_path / "run" / "config.json").read_text())["training"]
+    assert (training["crop"], training["crop_words"]) == (0.5, "2-6")

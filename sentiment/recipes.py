@@ -83,6 +83,9 @@ class TrainConfig:
         choices=("lm",)))
     # A language model of a few epochs did not move test accuracy; 10 did (docs/experiments.md).
     pretrain_epochs: int = field(default=10, metadata=_opt("language-model epochs with --pretrain lm", metavar="N"))
+    finetune_from: str | None = field(default=None, metadata=_opt(
+        "go on training a finished bundle (its weights, tokenizer, kind and sizes) with this run's recipe",
+        metavar="BUNDLE"))
     init_from: str | None = field(default=None, metadata=_opt(
         "start from the language model (and tokenizer) of an earlier --pretrain lm run folder", metavar="RUN_DIR"))
     validation_fraction: float = field(default=0.1, metadata=_opt(
@@ -102,6 +105,8 @@ class TrainConfig:
         "datasets cache folder (default: the Hugging Face cache)", metavar="DIR"))
 
     def __post_init__(self):
+        if self.finetune_from:
+            self._take_sizes_from(self.finetune_from)
         if self.model not in MODEL_KINDS:
             raise SentimentError(f"--model must be one of {', '.join(MODEL_KINDS)} (got {self.model!r})")
         recipe = {**RECIPES[self.model],
@@ -134,6 +139,20 @@ class TrainConfig:
             from .pretrain import check_sizes
 
             check_sizes(self.model, self.num_layers)
+
+    def _take_sizes_from(self, bundle: str) -> None:
+        """A fine-tuned model keeps the kind, sizes and text pipeline of the bundle it starts from."""
+        from .bundle import read_config
+
+        config = read_config(bundle)
+        model, text = config["model"], config["text"]
+        self.model = model["kind"]
+        self.embedding_dim, self.hidden_size, self.num_layers = (model["embedding_dim"], model["hidden_size"],
+                                                                 model["num_layers"])
+        self.vocab_size = text["vocab_size"] - 2
+        self.max_len, self.truncate = text["max_len"], text["truncate"]
+        if self.pretrain or self.init_from:
+            raise SentimentError("--finetune-from starts from a finished model: it excludes --pretrain and --init-from")
 
     def crop_range(self) -> tuple[int, int]:
         """``--crop-words`` as (shortest, longest)."""

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import calibration
 from . import data as data_module
-from .bundle import save_bundle
+from .bundle import load_bundle, save_bundle
 from .distributed import Processes, deal_out, device_kind, gather_rng
 from .errors import SentimentError
 from .files import write_text_atomic
@@ -157,9 +157,10 @@ def _encoder(run: Run, train_rows) -> TextEncoder:
     config = run.config
     if run.checkpoint is not None:
         encoder = TextEncoder.load(run.folder / "tokenizer.json", config.max_len, config.truncate)
-    elif config.init_from:
+    elif config.init_from or config.finetune_from:
         # The pretrained embedding rows only mean something with the vocabulary they learned.
-        encoder = TextEncoder.load(Path(config.init_from) / "tokenizer.json", config.max_len, config.truncate)
+        encoder = TextEncoder.load(Path(config.init_from or config.finetune_from) / "tokenizer.json", config.max_len,
+                                   config.truncate)
     else:
         # Every rank learns the same vocabulary from the same rows; no file exchange needed.
         tokenizer = train_tokenizer(iter(train_rows["text"]), config.vocab_size, length=len(train_rows))
@@ -187,7 +188,10 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
 
     torch.manual_seed(config.seed)
     model = SentimentRNN(config.model_config(encoder.vocab_size)).to(run.device)
-    if checkpoint is None and config.init_from:
+    if checkpoint is None and config.finetune_from:
+        model.load_state_dict(load_bundle(config.finetune_from).model.float().state_dict())
+        run.say(f"weights from {config.finetune_from}")
+    elif checkpoint is None and config.init_from:
         load_lm_into(model, Path(config.init_from))
         run.say(f"embedding and encoder initialised from {Path(config.init_from) / LM_WEIGHTS}")
     elif config.pretrain == "lm" and classifier_checkpoint is None:

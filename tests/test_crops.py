@@ -52,3 +52,19 @@ def test_crop_options_are_checked_and_recorded(stanford_archive, tmp_path):
     assert result.returncode == 0, result.stderr
     training = json.loads((tmp_path / "run" / "config.json").read_text())["training"]
     assert (training["crop"], training["crop_words"]) == (0.5, "2-6")
+
+
+def test_finetune_from_a_bundle_keeps_its_kind_sizes_and_vocabulary(tiny_model, stanford_archive, tmp_path):
+    from sentiment import load_bundle
+
+    result = run_cli("train.py", "--data", stanford_archive, "--finetune-from", tiny_model, "--epochs", "1",
+                     "--lr", "1e-9", "--crop", "0.3", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    tuned, original = load_bundle(tmp_path / "run"), load_bundle(tiny_model)
+    sizes = ("kind", "vocab_size", "embedding_dim", "hidden_size", "num_layers")
+    assert [tuned.config["model"][k] for k in sizes] == [original.config["model"][k] for k in sizes]
+    assert (tmp_path / "run" / "tokenizer.json").read_text() == (tiny_model / "tokenizer.json").read_text()
+    # At a learning rate of 1e-9 the weights stay those of the bundle it started from.
+    texts = ["wonderful superb loved it", "awful boring hated it"]
+    tuned.temperature = original.temperature = 1.0
+    assert abs(tuned.predict_proba(texts) - original.predict_proba(texts)).max() < 1e-3

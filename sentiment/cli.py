@@ -48,8 +48,7 @@ def _score(args: argparse.Namespace) -> int:
         if written["rows"] is not None:
             print(f"rows written: {written['rows']} in {written['parts']} parts under {config.out}", file=sys.stderr)
         return 0
-    config.output_format()  # a bad --out/--format, or an input it would replace, fails before the model loads
-    check_output(config)
+    check_output(config)  # a bad --out/--format, or an input it would replace, fails before the model loads
     classifier = load_bundle(config.model or default_model_dir(), precision=config.precision)
     counts = score(config, classifier)
     print(counts.line(), file=sys.stderr)

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from .data import is_uri
 from .errors import SentimentError
 
 RAY_MISSING = 'the Ray engine needs Ray Data, an optional extra: pip install -e ".[ray]"'
@@ -59,19 +60,13 @@ def _read_file(name: str, text_column: str | None, chunk_size: int) -> Iterator:
         yield pa.Table.from_pylist(_encode_columns(chunk))
 
 
-def input_files(inputs: list[str]) -> list[str]:
-    """Every input as the files Ray reads: folders of .txt files become one input each file."""
-    from .data import is_uri
+def check_ray_inputs(inputs: list[str]) -> None:
+    """Ray reads files and folders (a folder of .txt files is one input, as on one machine), not stdin."""
+    from .score import check_inputs
 
-    files = []
-    for name in inputs:
-        if name == "-":
-            raise SentimentError("--engine ray reads files, not standard input: name files or folders")
-        if not is_uri(name) and Path(name).is_dir():
-            files.append(name)  # read as one input, as the single-machine scorer reads it
-        else:
-            files.append(name)
-    return files
+    if "-" in inputs:
+        raise SentimentError("--engine ray reads files, not standard input: name files or folders")
+    check_inputs(inputs)
 
 
 def _datasource(files: list[str], text_column: str | None, chunk_size: int):
@@ -155,8 +150,6 @@ def score_dataset(dataset, model: str, text_column: str = "text", workers: int =
 
 def check_out_folder(out: str | None) -> str:
     """The output folder of a Ray run: new, or empty (its parts would mix with others')."""
-    from .data import is_uri
-
     if not out:
         raise SentimentError("--engine ray writes a folder of parts: pass --out DIR")
     if is_uri(out):
@@ -191,17 +184,14 @@ def connect(address: str | None, workers: int):
 
 def score_on_ray(config) -> dict:
     """Run ``sentiment score --engine ray`` per ``config`` (a ScoreConfig); returns counts."""
-    from .bundle import default_model_dir
-    from .score import check_inputs
+    from .bundle import default_model_dir, read_config
 
     ray = require_ray()
     fmt = config.format or "parquet"
-    files = input_files(config.inputs)
-    check_inputs([f for f in files if "://" not in f])
+    files = config.inputs
+    check_ray_inputs(files)
     out = check_out_folder(config.out)
     model = str(Path(config.model or default_model_dir()).resolve())
-    from .bundle import read_config
-
     read_config(model)  # a bad model fails here, before the cluster starts
     connect(config.address, config.workers)
     context = ray.data.DataContext.get_current()
@@ -239,7 +229,7 @@ def score_on_ray(config) -> dict:
 
 
 def _absolute(name: str) -> str:
-    return name if "://" in name else str(Path(name).resolve())
+    return name if is_uri(name) else str(Path(name).resolve())
 
 
 def _sentiment_error(exc: BaseException) -> str | None:
@@ -263,7 +253,7 @@ def part_files(out: str, fmt: str) -> list[str]:
 
 def count_parts(out: str, fmt: str) -> dict:
     """Rows written, from the parts themselves (a local output only)."""
-    if "://" in out:
+    if is_uri(out):
         return {"parts": None, "rows": None}
     parts = part_files(out, fmt)
     if fmt == "parquet":

@@ -15,6 +15,15 @@ has room for several of these small models), each logging to `RUNS/KIND-sS.log`;
 fails is named at the end and the others are tabulated. Results of other models and
 variants already in the results file are kept. Choices (which seed to ship) use
 validation accuracy only; the test split is read once per run, by train.py, after training.
+
+`--short-text FILE` (rt-polarity's test.jsonl) adds the table of the shipped bundles in
+models/: IMDB test accuracy and ECE (as config.json records them) beside accuracy and ECE
+on the short reviews of FILE. Each bundle is scored on FILE once: the figures go into its
+config.json (`metrics.short_text`, with the file's fingerprint and the calibration they
+were measured with) and model card, and are read from there while neither changes. With
+--readme that table also goes into README.md.
+
+    python bench/accuracy.py --only-finished --no-baseline --short-text ../shared/rt-polarity/test.jsonl --readme
 """
 from __future__ import annotations
 
@@ -41,6 +50,10 @@ PUBLISHED = [
     ("Word vectors + bag of words (Maas et al. 2011)", 0.8889),
 ]
 START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
+SHIPPED_START, SHIPPED_END = "<!-- shipped:start -->", "<!-- shipped:end -->"
+# The targets of issue #17 for the shipped bundles: accuracy on short reviews (the default
+# model higher), and ECE on IMDB test and on the short reviews.
+SHORT_TARGET, SHORT_TARGET_DEFAULT, ECE_TARGET = 0.78, 0.80, 0.03
 
 
 def run_dir(runs: Path, kind: str, seed: int, pretrain: bool = False) -> Path:
@@ -128,6 +141,86 @@ def baseline(data: str) -> dict:
     return classification_metrics(splits["test"]["label"], model.predict_proba(splits["test"]["text"])[:, 1])
 
 
+def short_text(bundle: Path, data: Path) -> dict:
+    """The bundle's accuracy and calibration on the labelled short reviews of ``data``: as its
+    config.json records them when measured on this file with this calibration, else measured
+    now (the file read once per bundle) and recorded there and in its model card."""
+    from sentiment import load_bundle
+    from sentiment.bundle import CONFIG
+    from sentiment.card import write_card
+    from sentiment.data import fingerprint, load_source
+    from sentiment.files import write_text_atomic
+    from sentiment.metrics import classification_metrics
+
+    config = json.loads((bundle / CONFIG).read_text())
+    key = {"data": shown(data), "data_fingerprint": fingerprint(data), "calibration": config.get("calibration")}
+    recorded = (config.get("metrics") or {}).get("short_text")
+    if isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in key.items()):
+        return recorded
+    rows = load_source(str(data))["train"]  # a table file is one split
+    p = load_bundle(bundle, precision="float32").predict_proba(rows["text"])[:, 1]
+    measured = {**classification_metrics(rows["label"], p), **key}
+    config.setdefault("metrics", {})["short_text"] = measured
+    write_text_atomic(bundle / CONFIG, json.dumps(config, indent=2) + "\n")
+    write_card(bundle, config)
+    print(f"{bundle}: measured on {shown(data)}: accuracy {measured['accuracy']:.2%}, ECE {measured['ece']:.4f}",
+          flush=True)
+    return measured
+
+
+def shipped(data: Path, models: Path) -> dict:
+    """IMDB test and short-text figures of each bundle in ``models`` (models/)."""
+    from sentiment.bundle import DEFAULT_KINDS, default_model_dir
+
+    default = default_model_dir(models).name
+    figures = {}
+    for kind in DEFAULT_KINDS:
+        bundle = models / kind
+        if not (bundle / "config.json").is_file():
+            continue
+        test = json.loads((bundle / "config.json").read_text()).get("metrics", {}).get("test", {})
+        short = short_text(bundle, data)
+        figures[kind] = {"bundle": shown(bundle), "default": kind == default, "imdb_test_accuracy": test.get("accuracy"),
+                         "imdb_test_ece": test.get("ece"), "short_text_accuracy": short["accuracy"],
+                         "short_text_ece": short["ece"], "short_text_data": short["data"]}
+    return figures
+
+
+def shipped_markdown(figures: dict) -> str:
+    lines = ["| model | IMDB test accuracy | IMDB test ECE | short reviews: accuracy | short reviews: ECE |",
+             "|---|---|---|---|---|"]
+    for kind, f in figures.items():
+        target = SHORT_TARGET_DEFAULT if f["default"] else SHORT_TARGET
+        cells = [f"{f['imdb_test_accuracy']:.2%}" if f["imdb_test_accuracy"] is not None else "not measured",
+                 mark(f["imdb_test_ece"], ECE_TARGET, higher=False),
+                 mark(f["short_text_accuracy"], target, higher=True),
+                 mark(f["short_text_ece"], ECE_TARGET, higher=False)]
+        lines.append(f"| `{f['bundle']}`{' (default)' if f['default'] else ''} | " + " | ".join(cells) + " |")
+    data = next(iter(figures.values()))["short_text_data"] if figures else "?"
+    lines.append("")
+    lines.append(f"Short reviews: {data}. Targets (issue 17): short-review accuracy at least "
+                 f"{SHORT_TARGET:.0%} ({SHORT_TARGET_DEFAULT:.0%} for the default), ECE at most {ECE_TARGET} on both; "
+                 "a figure that misses its target says so.")
+    return "\n".join(lines) + "\n"
+
+
+def mark(value, target: float, higher: bool) -> str:
+    """A figure, with the target it misses (if it does)."""
+    if value is None:
+        return "not measured"
+    text = f"{value:.2%}" if higher else f"{value:.4f}"
+    met = value >= target if higher else value <= target
+    return text if met else f"{text} (target {target:.0%})" if higher else f"{text} (target {target})"
+
+
+def put_between(page: Path, start: str, end: str, table: str) -> None:
+    text = page.read_text()
+    if start not in text or end not in text:
+        sys.exit(f"{page} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    page.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+
+
 def markdown(results: dict) -> str:
     lines = ["| model | test accuracy (mean ± sd) | target | seeds | best-on-validation run: test accuracy | "
              "training time per run |", "|---|---|---|---|---|---|"]
@@ -175,6 +268,10 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--ship", action="store_true", help="copy each model's best-on-validation run to models/")
     parser.add_argument("--readme", action="store_true", help="write the table into docs/experiments.md between markers")
+    parser.add_argument("--short-text", metavar="FILE",
+                        help="labelled short reviews (rt-polarity's test.jsonl): adds the shipped bundles' table")
+    parser.add_argument("--models-dir", default=str(ROOT / "models"), metavar="DIR",
+                        help="where the shipped bundles are (--ship copies into models/ whatever this says)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "accuracy.json"))
     args = parser.parse_args()
     if args.jobs < 1:
@@ -239,17 +336,19 @@ def main() -> None:
     results["models"] = {name: results["models"][name] for name in sorted(
         results["models"], key=lambda n: (n.endswith("+lm"), list(TARGETS).index(n) if n in TARGETS else 99))}
     table = markdown(results)
+    if args.short_text:
+        results["shipped"] = shipped(Path(args.short_text), Path(args.models_dir))
+        results["shipped_command"] = command
+    shipped_table = shipped_markdown(results["shipped"]) if results.get("shipped") else ""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table)
+    out.with_suffix(".md").write_text(table + (f"\n{shipped_table}" if shipped_table else ""))
     print(table)
+    print(shipped_table)
     if args.readme:
-        page = ROOT / "docs" / "experiments.md"
-        text = page.read_text()
-        if START not in text or END not in text:
-            sys.exit(f"{page} has no {START} ... {END} markers")
-        head, rest = text.split(START, 1)
-        page.write_text(f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}")
+        put_between(ROOT / "docs" / "experiments.md", START, END, table)
+        if shipped_table:
+            put_between(ROOT / "README.md", SHIPPED_START, SHIPPED_END, shipped_table)
     if failed:
         sys.exit("runs that failed (left out of the table):\n" + "\n".join(failed))
 

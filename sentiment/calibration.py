@@ -1,10 +1,19 @@
 """Honest confidence: calibration measures, and temperature scaling fitted after training.
 
 A network trained with cross-entropy is often overconfident. Temperature scaling (Guo et
-al., ICML 2017) divides its logits by one number T, fitted by minimising the negative
-log-likelihood on held-out reviews (the validation split): labels never change (T > 0
-keeps every argmax), probabilities move towards or away from 0.5. The bundle records T
-in ``config.json`` under ``calibration``, and every probability the package gives uses it.
+al., ICML 2017) divides its logits by a number T, fitted by minimising the negative
+log-likelihood on held-out reviews: labels never change (T > 0 keeps every argmax),
+probabilities move towards or away from 0.5.
+
+One T does not fit every length. A model trained on long reviews is far more sure of
+itself than it should be on a sentence (its validation reviews need T ~ 1.2, sentences
+T ~ 2-4). So T depends on the number of words n the model reads:
+``log T(n) = log_t + slope * ln n``, fitted on the validation reviews together with
+excerpts of them (1-3 consecutive sentences, two per review, seeded): held-out short
+text from the training data's own domain, labelled with its review's label. The bundle
+records ``log_t`` and ``slope`` in ``config.json`` under ``calibration`` (method
+``length_temperature``; bundles with one ``temperature`` still load), and every
+probability the package gives uses it.
 
 ECE (expected calibration error): the reviews are put in 15 equal-width bins of the
 predicted class's probability; ECE is the average over bins, weighted by their share of
@@ -12,13 +21,54 @@ reviews, of |accuracy - mean confidence| in the bin.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
 import numpy as np
+
+from .text import MOST_SENTENCES, excerpts
 
 ECE_BINS = 15
 EPS = 1e-7
 # Fewer held-out reviews than this give a temperature that fits their noise: a handful
 # that the model gets all right pull it towards 0, every probability to 0 or 1.
 MIN_REVIEWS = 200
+EXCERPTS_PER_REVIEW = 2
+# A slope needs lengths that differ: when the middle 90% of them span less than this factor,
+# one temperature is fitted (slope 0) rather than a slope that fits noise.
+MIN_LENGTH_SPREAD = 4.0
+# Lengths at which config.json and the model card show T, for people to read.
+SHOWN_LENGTHS = (5, 20, 200)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The temperature for a review the model reads ``n`` words of: ``exp(log_t + slope * ln n)``.
+
+    ``Calibration()`` is the network as trained (T = 1 at every length)."""
+
+    log_t: float = 0.0
+    slope: float = 0.0
+
+    def temperatures(self, lengths) -> np.ndarray:
+        n = np.maximum(np.asarray(lengths, dtype=np.float64), 1.0)
+        return np.exp(self.log_t + self.slope * np.log(n))
+
+    @classmethod
+    def of(cls, recorded) -> "Calibration":
+        """The calibration a bundle's ``config.json`` ``calibration`` section records (none: T = 1)."""
+        if not isinstance(recorded, dict):
+            return cls()
+        if recorded.get("method") == "length_temperature":
+            log_t, slope = recorded.get("log_t"), recorded.get("slope")
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (log_t, slope)):
+                return cls(float(log_t), float(slope))
+        if recorded.get("method") == "temperature":
+            value = recorded.get("temperature")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                return cls(math.log(value), 0.0)
+        return cls()
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -73,24 +123,85 @@ def fit_temperature(labels, p_positive, low: float = 0.25, high: float = 10.0) -
     return float(np.exp((a + b) / 2))
 
 
-def rescale(p_positive, temperature: float) -> np.ndarray:
-    """Probabilities of the network at temperature 1, as they are at ``temperature``."""
+def fit_length_temperature(labels, p_positive, lengths) -> Calibration:
+    """The ``Calibration`` (log_t, slope) that minimises the NLL of ``labels`` under
+    ``p_positive``'s logits / T(length); one temperature (slope 0) where the lengths hardly differ."""
+    from scipy.optimize import minimize
+
+    labels = np.asarray(labels, dtype=np.float64)
+    z = logit(p_positive)
+    log_n = np.log(np.maximum(np.asarray(lengths, dtype=np.float64), 1.0))
+    low, high = np.percentile(log_n, [5, 95])
+    if high - low < math.log(MIN_LENGTH_SPREAD):
+        return Calibration(math.log(fit_temperature(labels, p_positive)), 0.0)
+
+    def nll_and_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
+        u = z * np.exp(-(w[0] + w[1] * log_n))
+        q = np.clip(sigmoid(u), EPS, 1 - EPS)
+        nll = -np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q))
+        d = -(q - labels) * u  # d NLL / d log T, per review
+        return float(nll), np.array([d.mean(), (d * log_n).mean()])
+
+    start = np.array([math.log(fit_temperature(labels, p_positive)), 0.0])
+    found = minimize(nll_and_gradient, start, jac=True, method="L-BFGS-B",
+                     bounds=[(math.log(0.05), math.log(100.0)), (-1.0, 1.0)])
+    return Calibration(float(found.x[0]), float(found.x[1]))
+
+
+def rescale(p_positive, temperature) -> np.ndarray:
+    """Probabilities of the network at temperature 1, as they are at ``temperature`` (one, or one per review)."""
     return sigmoid(logit(p_positive) / temperature)
 
 
-def record(labels, p_positive) -> dict:
-    """Fit a temperature on held-out ``labels`` and say what it did: the ``calibration`` of config.json.
+def _rounded(metrics: dict) -> dict:
+    return {k: round(v, 4) for k, v in metrics.items()}
 
-    With fewer than ``MIN_REVIEWS`` reviews, or one class only, nothing is fitted (temperature 1)
-    and the record says why."""
+
+def fit(texts: Sequence[str], labels, uncalibrated: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]],
+        seed: int) -> dict:
+    """Fit the length-aware temperature on held-out ``texts`` (the validation split) and their
+    excerpts, and say what it did: the ``calibration`` section of config.json.
+
+    ``uncalibrated(texts)`` gives the network's P(positive) at temperature 1 and the number of
+    words it read of each text. With fewer than ``MIN_REVIEWS`` reviews, or one class only,
+    nothing is fitted (T = 1) and the record says why."""
     labels = np.asarray(labels)
     if len(labels) < MIN_REVIEWS or len(set(labels.tolist())) < 2:
         return {"method": "none", "n": int(len(labels)),
                 "reason": f"{len(labels)} validation reviews{'' if len(set(labels.tolist())) == 2 else ' of one class'}; "
                           f"a temperature needs at least {MIN_REVIEWS} of both classes"}
-    temperature = fit_temperature(labels, p_positive)
-    before = calibration_metrics(labels, p_positive)
-    after = calibration_metrics(labels, rescale(p_positive, temperature))
-    return {"method": "temperature", "temperature": round(temperature, 4), "fitted_on": "validation",
-            "n": int(len(labels)), "ece_before": round(before["ece"], 4), "ece_after": round(after["ece"], 4),
-            "nll_before": round(before["nll"], 4), "nll_after": round(after["nll"], 4)}
+    short, short_labels = excerpts(texts, labels, seed, EXCERPTS_PER_REVIEW)
+    p_reviews, n_reviews = uncalibrated(texts)
+    p_short, n_short = uncalibrated(short) if short else (np.empty(0), np.empty(0))
+    fitted = fit_length_temperature(np.r_[labels, short_labels], np.r_[p_reviews, p_short], np.r_[n_reviews, n_short])
+    record = {"method": "length_temperature", "log_t": round(fitted.log_t, 6), "slope": round(fitted.slope, 6),
+              "temperature_at": {str(n): round(float(fitted.temperatures([n])[0]), 3) for n in SHOWN_LENGTHS},
+              "fitted_on": f"validation reviews and {EXCERPTS_PER_REVIEW} excerpts of 1-{MOST_SENTENCES} "
+                           "sentences of each", "seed": seed, "n": int(len(labels)), "n_excerpts": len(short),
+              "validation_before": _rounded(calibration_metrics(labels, p_reviews)),
+              "validation_after": _rounded(calibration_metrics(
+                  labels, rescale(p_reviews, fitted.temperatures(n_reviews))))}
+    if short:
+        record["excerpts_before"] = _rounded(calibration_metrics(short_labels, p_short))
+        record["excerpts_after"] = _rounded(calibration_metrics(short_labels, rescale(p_short, fitted.temperatures(n_short))))
+    return record
+
+
+def describe(record: dict) -> str:
+    """One sentence on a ``calibration`` record, for people (the calibrate command, the model card)."""
+    method = record.get("method") if isinstance(record, dict) else None
+    if method == "length_temperature":
+        at = record.get("temperature_at") or {}
+        shown = ", ".join(f"{t} at {n} words" for n, t in at.items())
+        before, after = record.get("validation_before") or {}, record.get("validation_after") or {}
+        text = (f"temperature by length, T = {shown}, fitted on {record.get('n')} validation reviews and "
+                f"{record.get('n_excerpts')} excerpts of them (1-{MOST_SENTENCES} sentences); ECE on the reviews "
+                f"{before.get('ece')} -> {after.get('ece')}")
+        if "excerpts_after" in record:
+            text += f", on the excerpts {record['excerpts_before'].get('ece')} -> {record['excerpts_after'].get('ece')}"
+        return text
+    if method == "temperature":
+        return (f"temperature scaling, T = {record.get('temperature')} fitted on {record.get('n')} validation "
+                f"reviews (ECE {record.get('ece_before')} -> {record.get('ece_after')})")
+    reason = f" ({record['reason']})" if isinstance(record, dict) and record.get("reason") else ""
+    return f"none fitted{reason}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .calibration import describe
 from .files import write_text_atomic
 
 CARD = "README.md"
@@ -58,18 +59,15 @@ def _figures(config: dict) -> list[str]:
         n = f"{m['n']:,}" if isinstance(m.get("n"), int) else "?"
         cells = [("not measured" if key not in m else f"{m[key]:.2%}" if key == "accuracy" else f"{m[key]:.4f}")
                  for key, _ in shown]
-        rows.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+        label = name if name != "short_text" else f"short reviews: {m['data']}" if m.get("data") else "short reviews"
+        rows.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     calibration = config.get("calibration")
     rows.append("")
-    if isinstance(calibration, dict) and calibration.get("method") == "temperature":
-        rows.append(f"Calibration: temperature scaling, T = {calibration.get('temperature')} fitted on "
-                    f"{calibration.get('n')} validation reviews (expected calibration error "
-                    f"{calibration.get('ece_before')} before, {calibration.get('ece_after')} after); every "
-                    "probability the bundle gives is calibrated.")
+    if isinstance(calibration, dict) and calibration.get("method") in ("temperature", "length_temperature"):
+        rows.append(f"Calibration: {describe(calibration)}. Every probability the bundle gives is calibrated.")
     else:
-        reason = f" ({calibration['reason']})" if isinstance(calibration, dict) and calibration.get("reason") else ""
-        rows.append(f"Calibration: none fitted{reason}; the probabilities are the network's softmax as trained.")
-    if "short_text" not in metrics and "rt_polarity" not in metrics:
+        rows.append(f"Calibration: {describe(calibration)}; the probabilities are the network's softmax as trained.")
+    if "short_text" not in metrics:
         rows += ["", "Short text (one-sentence reviews): not measured for this bundle."]
     return rows
 

@@ -135,7 +135,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "serve": ("the web page and JSON API on http://127.0.0.1:7860", _serve_parser, _serve),
     "behaviour": ("failure rates of behaviour tests (negation, contrast, invariances) per model",
                   _behaviour_parser, _behaviour),
-    "calibrate": ("fit a bundle's temperature (calibrated probabilities) on its validation split",
+    "calibrate": ("fit a bundle's calibration (a temperature by length) on its validation split and excerpts of it",
                   _calibrate_parser, _calibrate),
 }
 

@@ -145,14 +145,15 @@ def _reliability(plt, probabilities: dict, labels: np.ndarray, path: Path) -> No
 
 
 def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | None = None) -> dict:
-    """``sentiment calibrate``: fit a bundle's temperature on the validation split it was trained
-    with (rebuilt from its config: data, seed, validation fraction), record it and the
+    """``sentiment calibrate``: fit a bundle's temperature by length on the validation split it was
+    trained with (rebuilt from its config: data, seed, validation fraction) and excerpts of it, record it and the
     calibrated metrics in its ``config.json``, and refresh its model card. Weights and
     tokenizer are untouched, so their hashes still hold."""
     from . import calibration
     from .bundle import CONFIG, load_bundle, read_config
     from .card import write_card
     from .distributed import Processes
+    from .predict import uncalibrated
     from .recipes import TrainConfig
     from .training import prepare_data
 
@@ -168,10 +169,10 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
     train_config = TrainConfig(**training)
     _, validation, test, _ = prepare_data(train_config, Processes())
     clf = load_bundle(model_dir, precision="float32")
-    clf.temperature = 1.0  # the network as trained: the temperature is fitted on its own logits
     val_labels = np.asarray(validation["label"])
-    fitted = calibration.record(val_labels, clf.predict_proba(validation["text"])[:, 1])
-    clf.temperature = fitted.get("temperature", 1.0)
+    # Fitted on the network's own logits (temperature 1), whatever the bundle recorded before.
+    fitted = calibration.fit(validation["text"], val_labels, uncalibrated(clf.model, clf.encoder), train_config.seed)
+    clf.calibration = calibration.Calibration.of(fitted)
     metrics = dict(config.get("metrics") or {})
     metrics["validation"] = classification_metrics(val_labels, clf.predict_proba(validation["text"])[:, 1])
     if test is not None and "test" in metrics:
@@ -182,6 +183,5 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
     if fitted["method"] == "none":
         print(f"{model_dir}: no temperature fitted: {fitted['reason']}")
     else:
-        print(f"{model_dir}: temperature {fitted['temperature']} fitted on {fitted['n']} validation reviews; ECE "
-              f"{fitted['ece_before']} -> {fitted['ece_after']}, NLL {fitted['nll_before']} -> {fitted['nll_after']}")
+        print(f"{model_dir}: {calibration.describe(fitted)}")
     return fitted

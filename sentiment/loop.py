@@ -18,7 +18,8 @@ from .predict import positive_probability, resolve_precision
 from .text import PAD_ID
 
 
-def evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device, temperature: float = 1.0) -> dict:
+def evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device,
+             temperature: float | np.ndarray = 1.0) -> dict:
     p = positive_probability(model, encoded, batch_size, device, temperature)
     eps = 1e-7
     loss = float(-np.mean(labels * np.log(p + eps) + (1 - labels) * np.log(1 - p + eps)))

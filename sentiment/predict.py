@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .calibration import Calibration
 from .data import LABELS
 from .errors import SentimentError
 from .models import SentimentRNN
@@ -42,11 +43,12 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 
 def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int = 256,
-                         device: str | torch.device = "cpu", temperature: float = 1.0) -> np.ndarray:
+                         device: str | torch.device = "cpu", temperature: float | np.ndarray = 1.0) -> np.ndarray:
     """P(positive) for each encoded review, in input order (computed in the model's dtype).
 
     Batches are formed from reviews of similar length so little time goes to padding.
-    The logits are divided by ``temperature`` first (1: the network as trained).
+    The logits are divided by ``temperature`` first (1: the network as trained): one number,
+    or one per review (calibration by length).
     """
     n = len(encoded.lengths)
     result = np.empty(n, dtype=np.float64)
@@ -65,9 +67,20 @@ def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int 
             ids = torch.from_numpy(encoded.ids[idx, :width]).to(device)
             lengths = torch.from_numpy(encoded.lengths[idx])
             logits = model(ids, lengths).float()
-            result[idx] = torch.softmax(logits / temperature, dim=-1)[:, 1].cpu().numpy()
+            t = temperature[idx] if isinstance(temperature, np.ndarray) else temperature
+            t = torch.as_tensor(t, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+            result[idx] = torch.softmax(logits / t, dim=-1)[:, 1].cpu().numpy()
     model.train(was_training)
     return result
+
+
+def uncalibrated(model: SentimentRNN, encoder: TextEncoder, device: str | torch.device = "cpu",
+                 batch_size: int = 256):
+    """``texts -> (P(positive) of the network as trained, words read of each)``: what calibration is fitted on."""
+    def score(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = encoder.encode(list(texts))
+        return positive_probability(model, encoded, batch_size, device), encoded.lengths
+    return score
 
 
 @dataclass
@@ -141,16 +154,6 @@ class Explanation:
         return [p for p in pairs[:n] if (p[1] > 0 if positive else p[1] < 0)]
 
 
-def temperature_of(config: dict) -> float:
-    """The fitted temperature a bundle's config records (1.0 when none was fitted)."""
-    calibration = config.get("calibration")
-    if isinstance(calibration, dict) and calibration.get("method") == "temperature":
-        value = calibration.get("temperature")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
-    return 1.0
-
-
 class Classifier:
     """A trained sentiment model with the scikit-learn prediction interface.
 
@@ -168,8 +171,8 @@ class Classifier:
         self.encoder = encoder
         self.config = config
         self.path = path
-        # Post-hoc calibration (temperature scaling), when fitted: every probability uses it.
-        self.temperature = temperature_of(config)
+        # Post-hoc calibration (a temperature by length), when fitted: every probability uses it.
+        self.calibration = Calibration.of(config.get("calibration"))
 
     def __repr__(self) -> str:
         return f"Classifier(kind={self.config['model']['kind']!r}, path={self.path!r})"
@@ -189,7 +192,8 @@ class Classifier:
         """P(positive) of each review and how many known words the model read in it."""
         encoded = self.encoder.encode(self._as_list(texts))
         known = ((encoded.ids != UNK_ID) & (encoded.ids != PAD_ID)).sum(axis=1)
-        return Scores(positive_probability(self.model, encoded, batch_size, self.device, self.temperature), known)
+        temperatures = self.calibration.temperatures(encoded.lengths)
+        return Scores(positive_probability(self.model, encoded, batch_size, self.device, temperatures), known)
 
     def __call__(self, texts: Sequence[str], batch_size: int = 256) -> list[dict]:
         """One result per review, shaped as a ``transformers`` sentiment pipeline's.
@@ -226,8 +230,11 @@ class Classifier:
         for j in range(n):
             rows[j + 1, :n - 1] = np.delete(read, j)
             lengths[j + 1] = max(n - 1, 1)
+        # Every row at the temperature of the review as read: a word's contribution is then the
+        # network's, not a change of temperature that one word less would bring.
+        temperatures = self.calibration.temperatures(np.full(n + 1, lengths[0]))
         p = positive_probability(self.model, Encoded(rows, lengths, lengths.copy()), batch_size, self.device,
-                                 self.temperature)
+                                 temperatures)
         e.p_positive = float(p[0])
         for j, i in enumerate(kept_positions):
             e.contributions[i] = float(p[0] - p[j + 1])

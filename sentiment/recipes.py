@@ -66,6 +66,9 @@ class TrainConfig:
         "with the review's label, so the classifier also learns from short text; 0: off", metavar="P"))
     crop_words: str = field(default="5-40", metadata=_opt("the crops' length range in words, MIN-MAX",
                                                           metavar="MIN-MAX"))
+    excerpts: int = field(default=0, metadata=_opt(
+        "add this many excerpts of each training review (1-3 consecutive sentences, with the review's label) "
+        "to the training rows, so the classifier also learns from sentences; 0: off", metavar="N"))
     adversarial: float | None = field(default=None, metadata=_opt(
         "adversarial training (Miyato et al. 2017): each step also learns from its reviews with the embedded "
         "words pushed this far (L2 norm per review) in the direction that raises the loss most; 0: off"
@@ -118,6 +121,7 @@ class TrainConfig:
                     "batch_size", "patience", "pretrain_epochs")
         check_whole(self, positive)
         check_whole(self, ("max_len",), minimum=2)
+        check_whole(self, ("excerpts",), minimum=0)
         for name in ("lr", "weight_decay", "grad_clip", "adversarial"):
             if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
                 raise SentimentError(f"--{name.replace('_', '-')} must be {'positive' if name == 'lr' else 'at least 0'}"

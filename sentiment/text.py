@@ -5,6 +5,7 @@ Training, evaluation, the web page and the batch scorer all load the same
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,6 +24,9 @@ TRUNCATE_SIDES = ("head", "tail", "head+tail")
 # What TextEncoder.shorten keeps of a very long text: characters per word read, and words
 # to spare at a cut (a word split in two, or half an HTML tag, makes one spurious word).
 CUT_CHARS_PER_TOKEN, CUT_SPARE_WORDS = 64, 8
+# Excerpts: sentences end at . ! ? followed by space, and at HTML line breaks.
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|<br\s*/?>", re.IGNORECASE)
+MOST_SENTENCES = 3
 
 
 def _normalizer() -> normalizers.Normalizer:
@@ -60,6 +64,11 @@ class Encoded:
     ids: np.ndarray       # int64 [n, max_len], <pad> after the real tokens
     lengths: np.ndarray   # int64 [n], real tokens kept (at least 1)
     total: np.ndarray     # int64 [n], tokens before truncation
+
+    def __add__(self, other: "Encoded") -> "Encoded":
+        """These reviews, then ``other``'s."""
+        return Encoded(*(np.concatenate([a, b]) for a, b in ((self.ids, other.ids), (self.lengths, other.lengths),
+                                                           (self.total, other.total))))
 
 
 class TextEncoder:
@@ -161,3 +170,22 @@ class TextEncoder:
                 lengths[row] = len(kept)
             # An empty review keeps one <pad> so packed sequences never see length 0.
         return Encoded(ids, lengths, total)
+
+
+def excerpts(texts: Sequence[str], labels, seed: int, per_review: int) -> tuple[list[str], np.ndarray]:
+    """``per_review`` runs of 1-``MOST_SENTENCES`` consecutive sentences of each review, labelled
+    with its review's label (reviews without a sentence of two words give none): the short text
+    people type, taken from long reviews. Seeded; all of the first round, then the second."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    chosen, chosen_labels = [], []
+    for _ in range(per_review):
+        for text, label in zip(texts, labels):
+            sentences = [s for s in SENTENCE_END.split(text) if len(s.split()) >= 2]
+            if not sentences:
+                continue
+            k = int(rng.integers(1, MOST_SENTENCES + 1))
+            begin = int(rng.integers(0, max(1, len(sentences) - k + 1)))
+            chosen.append(" ".join(sentences[begin:begin + k]))
+            chosen_labels.append(label)
+    return chosen, np.asarray(chosen_labels, dtype=labels.dtype)

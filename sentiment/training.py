@@ -36,12 +36,12 @@ from .loop import (CTRL_C, WeightAverage, adversarial_perturbation, cpu_copy, ep
                    evaluate, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
 from .metrics import format_table
 from .models import SentimentRNN
-from .predict import positive_probability
+from .predict import uncalibrated
 from .pretrain import LM_WEIGHTS, load_lm_into, pretrain, save_lm
 from .recipes import TrainConfig
 from .runs import (CHECKPOINT, check_run_folder, clear_run_leftovers, default_out, load_checkpoint, plot_history,
                    save_checkpoint, versions)
-from .text import TextEncoder, train_tokenizer
+from .text import MOST_SENTENCES, TextEncoder, excerpts, train_tokenizer
 
 # The loop's pieces are imported from here by older code and tests too.
 __all__ = ["TrainConfig", "train", "prepare_data", "run_epoch", "epoch_order", "training_dtype", "WeightAverage",
@@ -180,8 +180,12 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
     classifier_checkpoint = checkpoint if lm_checkpoint is None else None
     train_rows, val_rows, test_rows, unlabelled = prepare_data(config, procs)
     encoder = _encoder(run, train_rows)
-    data = Data(encoder.encode(train_rows["text"]), np.asarray(train_rows["label"], dtype=np.int64),
-                encoder.encode(val_rows["text"]), np.asarray(val_rows["label"], dtype=np.int64))
+    train_encoded, train_labels = encoder.encode(train_rows["text"]), np.asarray(train_rows["label"], dtype=np.int64)
+    if config.excerpts:
+        short, short_labels = excerpts(train_rows["text"], train_labels, config.seed, config.excerpts)
+        train_encoded, train_labels = train_encoded + encoder.encode(short), np.concatenate([train_labels, short_labels])
+        run.say(f"excerpts: {len(short)} of 1-{MOST_SENTENCES} sentences added to the training rows")
+    data = Data(train_encoded, train_labels, encoder.encode(val_rows["text"]), np.asarray(val_rows["label"], dtype=np.int64))
     run.say(f"data: {len(data.train_labels)} train, {len(data.val_labels)} validation, "
             f"{0 if test_rows is None else len(test_rows)} test reviews; vocabulary {encoder.vocab_size} tokens; "
             f"device {run.device}{f' x {procs.world} processes' if procs.world > 1 else ''}; run folder {run.folder}")
@@ -199,7 +203,7 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
         _language_model(run, model, encoder.encode(texts), len(train_rows), lm_checkpoint)
     progress = _classifier(run, model, encoder, data, classifier_checkpoint)
     if procs.main:
-        _finish(run, model, encoder, data, progress, test_rows)
+        _finish(run, model, encoder, data, progress, val_rows, test_rows)
     # Every rank ends together: none tears the process group down while rank 0 still
     # computes the final metrics (a rank that left early was seen to abort under load).
     procs.barrier()
@@ -358,7 +362,8 @@ def _epoch(run: Run, stage, model: SentimentRNN, encoder: TextEncoder, data: Dat
         run.say(f"early stop: no better validation accuracy for {config.patience} epochs")
 
 
-def _finish(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data, progress: Progress, test_rows) -> None:
+def _finish(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data, progress: Progress, val_rows,
+            test_rows) -> None:
     """Final metrics of the best weights as saved, the finished bundle, the table."""
     config = run.config
     # Final metrics are those of the weights as saved (fp16 rounds them), so evaluating
@@ -367,14 +372,17 @@ def _finish(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data, pro
     progress.best_state = {k: v.to(saved_dtype).float() if v.is_floating_point() else v
                            for k, v in progress.best_state.items()}
     model.load_state_dict(progress.best_state)
-    # Temperature scaling, fitted on validation; every figure recorded, and every
-    # probability the bundle gives later, is calibrated.
-    calibrated = calibration.record(data.val_labels, positive_probability(model, data.val, 256, run.device))
-    temperature = calibrated.get("temperature", 1.0)
-    metrics = {"validation": evaluate(model, data.val, data.val_labels, 256, run.device, temperature)}
+    # Temperature scaling by length, fitted on validation and excerpts of it; every figure
+    # recorded, and every probability the bundle gives later, is calibrated.
+    calibrated = calibration.fit(val_rows["text"], data.val_labels, uncalibrated(model, encoder, run.device),
+                                 config.seed)
+    fitted = calibration.Calibration.of(calibrated)
+    metrics = {"validation": evaluate(model, data.val, data.val_labels, 256, run.device,
+                                      fitted.temperatures(data.val.lengths))}
     if test_rows is not None:
         test_labels = np.asarray(test_rows["label"], dtype=np.int64)
-        metrics["test"] = evaluate(model, encoder.encode(test_rows["text"]), test_labels, 256, run.device, temperature)
+        test = encoder.encode(test_rows["text"])
+        metrics["test"] = evaluate(model, test, test_labels, 256, run.device, fitted.temperatures(test.lengths))
     _save_best(run, model, encoder, progress, {"metrics": metrics, "calibration": calibrated}, finished=True)
     print(format_table({config.model: metrics.get("test", metrics["validation"])},
                        title=f"{'test' if 'test' in metrics else 'validation'} metrics of the best epoch "

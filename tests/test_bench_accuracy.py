@@ -4,7 +4,9 @@ import os
 import statistics
 from pathlib import Path
 
-from conftest import ROOT, run_cli, write_archive, write_stanford_folder
+import shutil
+
+from conftest import ROOT, run_cli, write_archive, write_stanford_folder, write_table
 
 FAST = "--epochs 2 --embedding-dim 16 --hidden-size 16 --max-len 32 --batch-size 16 --vocab-size 100 --lr 0.01"
 
@@ -69,3 +71,31 @@ def test_jobs_train_side_by_side_each_with_its_log_and_a_failure_is_named(tmp_pa
         assert lstm["test_accuracy"][seed] == config["metrics"]["test"]["accuracy"]
         assert "test metrics of the best epoch" in (runs / f"lstm-s{seed}.log").read_text()
     assert "validation loss" not in done.stdout  # the progress of runs side by side goes to their logs
+
+
+def test_shipped_bundles_are_scored_on_short_text_once_and_it_is_recorded(tiny_model, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model, models / "lstm")
+    short = write_table(tmp_path / "short.jsonl", [{"text": "superb", "label": 1}, {"text": "awful", "label": 0},
+                                                   {"text": "great film", "label": 1}, {"text": "dull", "label": 1}])
+    out = tmp_path / "accuracy.json"
+    args = ("bench/accuracy.py", "--only-finished", "--no-baseline", "--models", "", "--short-text", short,
+            "--models-dir", models, "--out", out)
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "measured on" in first.stdout
+    recorded = json.loads((models / "lstm" / "config.json").read_text())["metrics"]["short_text"]
+    assert recorded["n"] == 4 and recorded["data_fingerprint"] and "ece" in recorded
+    figures = json.loads(out.read_text())["shipped"]["lstm"]
+    assert figures["short_text_accuracy"] == recorded["accuracy"] and figures["default"]
+    row = next(line for line in out.with_suffix(".md").read_text().splitlines() if "lstm` (default)" in line)
+    assert f"{recorded['accuracy']:.2%}" in row
+    assert "short reviews: " in (models / "lstm" / "README.md").read_text()
+    # Read once: the second run takes the recorded figures; a new calibration measures again.
+    again = run_cli(*args)
+    assert again.returncode == 0 and "measured on" not in again.stdout
+    config = json.loads((models / "lstm" / "config.json").read_text())
+    config["calibration"] = {"method": "temperature", "temperature": 2.0}
+    (models / "lstm" / "config.json").write_text(json.dumps(config))
+    third = run_cli(*args)
+    assert third.returncode == 0 and "measured on" in third.stdout

@@ -163,8 +163,8 @@ def test_model_card_carries_the_metadata_and_figures_of_config(tiny_model, tmp_p
     assert card_body(card) == body.lstrip("\n")
     # Rewritten from a changed config.json, as bench/accuracy.py --ship does for a shipped model.
     config["calibration"] = {"method": "temperature", "temperature": 1.5}
-    config["metrics"]["short_text"] = {"n": 10, "accuracy": 0.7, "ece": 0.05}
+    config["metrics"]["short_text"] = {"n": 10, "accuracy": 0.7, "ece": 0.05, "data": "short.jsonl"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     rewritten = write_card(tmp_path).read_text()
     assert "Calibration: temperature scaling, T = 1.5 fitted on" in rewritten
-    assert "| short_text | 10 | 70.00% |" in rewritten and "not measured" in rewritten
+    assert "| short reviews: short.jsonl | 10 | 70.00% |" in rewritten and "not measured" in rewritten

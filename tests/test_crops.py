@@ -56,6 +56,7 @@ def test_crop_options_are_checked_and_recorded(stanford_archive, tmp_path):
 
 def test_finetune_from_a_bundle_keeps_its_kind_sizes_and_vocabulary(tiny_model, stanford_archive, tmp_path):
     from sentiment import load_bundle
+    from sentiment.calibration import Calibration
 
     result = run_cli("train.py", "--data", stanford_archive, "--finetune-from", tiny_model, "--epochs", "1",
                      "--lr", "1e-9", "--crop", "0.3", "--out", tmp_path / "run")
@@ -66,5 +67,21 @@ def test_finetune_from_a_bundle_keeps_its_kind_sizes_and_vocabulary(tiny_model, 
     assert (tmp_path / "run" / "tokenizer.json").read_text() == (tiny_model / "tokenizer.json").read_text()
     # At a learning rate of 1e-9 the weights stay those of the bundle it started from.
     texts = ["wonderful superb loved it", "awful boring hated it"]
-    tuned.temperature = original.temperature = 1.0
+    tuned.calibration = original.calibration = Calibration()
     assert abs(tuned.predict_proba(texts) - original.predict_proba(texts)).max() < 1e-3
+
+
+def test_excerpts_add_sentences_of_training_reviews_to_the_training_rows(stanford_archive, tmp_path):
+    bad = run_cli("train.py", "--excerpts", "-1")
+    assert bad.returncode == 2 and "--excerpts" in bad.stderr
+    common = ("--data", stanford_archive, "--model", "rnn", "--epochs", "1", "--embedding-dim", "8", "--hidden-size",
+              "8", "--max-len", "32", "--vocab-size", "100", "--adversarial", "0")
+    plain = run_cli("train.py", *common, "--out", tmp_path / "plain")
+    result = run_cli("train.py", *common, "--excerpts", "2", "--out", tmp_path / "run")
+    assert plain.returncode == 0 and result.returncode == 0, result.stderr
+    n_plain = int(plain.stdout.split("data: ")[1].split(" train")[0])
+    n_more = int(result.stdout.split("data: ")[1].split(" train")[0])
+    added = int(result.stdout.split("excerpts: ")[1].split(" of")[0])
+    # Every training review of the test data has a sentence of two words: two excerpts each.
+    assert added == 2 * n_plain and n_more == 3 * n_plain
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["excerpts"] == 2

@@ -145,24 +145,19 @@ def short_text(bundle: Path, data: Path) -> dict:
     """The bundle's accuracy and calibration on the labelled short reviews of ``data``: as its
     config.json records them when measured on this file with this calibration, else measured
     now (the file read once per bundle) and recorded there and in its model card."""
-    from sentiment import load_bundle
-    from sentiment.bundle import CONFIG
-    from sentiment.card import write_card
-    from sentiment.data import fingerprint, load_source
-    from sentiment.files import write_text_atomic
-    from sentiment.metrics import classification_metrics
+    from sentiment.bundle import CONFIG, rewrite_config
+    from sentiment.data import fingerprint
+    from sentiment.evaluation import EvaluateConfig, evaluate
 
     config = json.loads((bundle / CONFIG).read_text())
     key = {"data": shown(data), "data_fingerprint": fingerprint(data), "calibration": config.get("calibration")}
     recorded = (config.get("metrics") or {}).get("short_text")
     if isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in key.items()):
         return recorded
-    rows = load_source(str(data))["train"]  # a table file is one split
-    p = load_bundle(bundle, precision="float32").predict_proba(rows["text"])[:, 1]
-    measured = {**classification_metrics(rows["label"], p), **key}
+    (metrics,) = evaluate(EvaluateConfig(data=str(data), models=[str(bundle)])).values()
+    measured = {**metrics, **key}
     config.setdefault("metrics", {})["short_text"] = measured
-    write_text_atomic(bundle / CONFIG, json.dumps(config, indent=2) + "\n")
-    write_card(bundle, config)
+    rewrite_config(bundle, config)
     print(f"{bundle}: measured on {shown(data)}: accuracy {measured['accuracy']:.2%}, ECE {measured['ece']:.4f}",
           flush=True)
     return measured

@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .card import CARD, card_markdown
+from .card import CARD, card_markdown, write_card
 from .errors import SentimentError
-from .files import exchange, umask
+from .files import exchange, umask, write_text_atomic
 from .models import MODEL_KINDS, ModelConfig, SentimentRNN
 from .predict import Classifier
 from .text import TextEncoder
@@ -145,6 +145,13 @@ def read_config(path: str | Path) -> dict:
         if not isinstance(config.get(key), dict):
             raise SentimentError(f"{file}: missing the {key!r} section")
     return config
+
+
+def rewrite_config(path: str | Path, config: dict) -> None:
+    """Replace a finished bundle's ``config.json`` (new metrics or calibration; weights and
+    tokenizer untouched, so their hashes still hold) and refresh its model card to match."""
+    write_text_atomic(Path(path) / CONFIG, json.dumps(config, indent=2) + "\n")
+    write_card(path, config)
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -131,9 +131,10 @@ def fit_length_temperature(labels, p_positive, lengths) -> Calibration:
     labels = np.asarray(labels, dtype=np.float64)
     z = logit(p_positive)
     log_n = np.log(np.maximum(np.asarray(lengths, dtype=np.float64), 1.0))
+    one = Calibration(math.log(fit_temperature(labels, p_positive)), 0.0)
     low, high = np.percentile(log_n, [5, 95])
     if high - low < math.log(MIN_LENGTH_SPREAD):
-        return Calibration(math.log(fit_temperature(labels, p_positive)), 0.0)
+        return one
 
     def nll_and_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
         u = z * np.exp(-(w[0] + w[1] * log_n))
@@ -142,8 +143,7 @@ def fit_length_temperature(labels, p_positive, lengths) -> Calibration:
         d = -(q - labels) * u  # d NLL / d log T, per review
         return float(nll), np.array([d.mean(), (d * log_n).mean()])
 
-    start = np.array([math.log(fit_temperature(labels, p_positive)), 0.0])
-    found = minimize(nll_and_gradient, start, jac=True, method="L-BFGS-B",
+    found = minimize(nll_and_gradient, np.array([one.log_t, one.slope]), jac=True, method="L-BFGS-B",
                      bounds=[(math.log(0.05), math.log(100.0)), (-1.0, 1.0)])
     return Calibration(float(found.x[0]), float(found.x[1]))
 

@@ -150,8 +150,7 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
     calibrated metrics in its ``config.json``, and refresh its model card. Weights and
     tokenizer are untouched, so their hashes still hold."""
     from . import calibration
-    from .bundle import CONFIG, load_bundle, read_config
-    from .card import write_card
+    from .bundle import CONFIG, load_bundle, read_config, rewrite_config
     from .distributed import Processes
     from .predict import uncalibrated
     from .recipes import TrainConfig
@@ -178,8 +177,7 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
     if test is not None and "test" in metrics:
         metrics["test"] = classification_metrics(np.asarray(test["label"]), clf.predict_proba(test["text"])[:, 1])
     config.update({"metrics": metrics, "calibration": fitted})
-    write_text_atomic(Path(model_dir) / CONFIG, json.dumps(config, indent=2) + "\n")
-    write_card(model_dir, config)
+    rewrite_config(model_dir, config)
     if fitted["method"] == "none":
         print(f"{model_dir}: no temperature fitted: {fitted['reason']}")
     else:

@@ -178,10 +178,10 @@ def excerpts(texts: Sequence[str], labels, seed: int, per_review: int) -> tuple[
     people type, taken from long reviews. Seeded; all of the first round, then the second."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
+    split = [[s for s in SENTENCE_END.split(text) if len(s.split()) >= 2] for text in texts]
     chosen, chosen_labels = [], []
     for _ in range(per_review):
-        for text, label in zip(texts, labels):
-            sentences = [s for s in SENTENCE_END.split(text) if len(s.split()) >= 2]
+        for sentences, label in zip(split, labels):
             if not sentences:
                 continue
             k = int(rng.integers(1, MOST_SENTENCES + 1))

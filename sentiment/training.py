@@ -332,20 +332,20 @@ def _epoch(run: Run, stage, model: SentimentRNN, encoder: TextEncoder, data: Dat
         val = evaluate_state(model, average.state, data.val, data.val_labels, run.device)
         model.load_state_dict(raw)
     record = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
-              "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+              "val_loss": val["nll"], "val_accuracy": val["accuracy"],
               "seconds": round(time.time() - tick, 1), "lr": stage.schedule.get_last_lr()[0]}
     progress.history.append(record)
     best = progress.best
-    improved = (val["accuracy"], -val["loss"]) > (best["val_accuracy"], -best["val_loss"])
+    improved = (val["accuracy"], -val["nll"]) > (best["val_accuracy"], -best["val_loss"])
     if improved:
-        progress.best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+        progress.best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["nll"]}
         progress.best_state = state_copy(model) if average is None else cpu_copy(average.state)
         progress.bad_epochs = 0
     else:
         progress.bad_epochs += 1
     progress.stopped = progress.bad_epochs >= config.patience
     run.say(f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f} "
-            f"acc {record['train_accuracy']:.4f} | validation loss {val['loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f} | validation loss {val['nll']:.4f} "
             f"acc {val['accuracy']:.4f}{' *best*' if improved else ''} | {record['seconds']:.0f}s, "
             f"{len(data.train_labels) / max(time.time() - tick, 1e-9):.0f} reviews/s")
     if procs.main and improved:

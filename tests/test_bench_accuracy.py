@@ -99,3 +99,24 @@ def test_shipped_bundles_are_scored_on_short_text_once_and_it_is_recorded(tiny_m
     (models / "lstm" / "config.json").write_text(json.dumps(config))
     third = run_cli(*args)
     assert third.returncode == 0 and "measured on" in third.stdout
+
+
+def test_short_text_ceiling_measures_the_bundles_as_evaluate_does(tiny_model, stanford_archive, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model, models / "lstm")
+    short = write_table(tmp_path / "short.jsonl", [{"text": "superb zzqxv", "label": 1}, {"text": "awful", "label": 0},
+                                                   {"text": "great film", "label": 1}, {"text": "dull", "label": 1}])
+    out, evaluated = tmp_path / "ceiling.json", tmp_path / "evaluate.json"
+    done = run_cli("bench/short_text_ceiling.py", "--data", stanford_archive, "--short-text", short,
+                   "--models-dir", models, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert run_cli("-m", "sentiment", "evaluate", "--data", short, "--model", models / "lstm",
+                   "--json", evaluated).returncode == 0
+    ceiling = json.loads(out.read_text())
+    assert ceiling["n"] == 4
+    assert ceiling["out_of_vocabulary"] == 1 / 6  # "zzqxv" is no word of the training reviews
+    lstm = ceiling["models"]["lstm"]
+    assert lstm["accuracy"] == json.loads(evaluated.read_text())["metrics"]["lstm"]["accuracy"]
+    assert ceiling["models"]["mean of lstm"]["accuracy"] == lstm["accuracy"]  # the mean of one model is that model
+    for name in ("tfidf+logreg, reviews", "tfidf+logreg, excerpts", "tfidf+logreg, reviews + excerpts"):
+        assert 0 <= ceiling["models"][name]["accuracy"] <= 1

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .calibration import Calibration
 from .card import CARD, card_markdown, write_card
 from .errors import SentimentError
 from .files import exchange, umask, write_text_atomic
@@ -190,6 +191,12 @@ def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32
         model_config = ModelConfig(**config["model"])
     except (TypeError, SentimentError) as exc:
         raise SentimentError(f"{path / CONFIG}: bad 'model' section ({exc})") from None
+    try:
+        Calibration.of(config.get("calibration"))
+    except SentimentError as exc:
+        raise SentimentError(f"{path / CONFIG}: bad 'calibration' section ({exc}); without that section the "
+                             "bundle gives its network's own probabilities, and `python -m sentiment calibrate "
+                             f"--model {path}` fits a new one") from None
     text = config["text"]
     tokenizer_hash = (config.get("tokenizer") or {}).get("sha256") if isinstance(config.get("tokenizer"), dict) else None
     if tokenizer_hash and (path / TOKENIZER).is_file() and _sha256(path / TOKENIZER) != tokenizer_hash:

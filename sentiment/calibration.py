@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .errors import SentimentError
 from .text import MOST_SENTENCES, excerpts
 
 ECE_BINS = 15
@@ -57,18 +58,33 @@ class Calibration:
 
     @classmethod
     def of(cls, recorded) -> "Calibration":
-        """The calibration a bundle's ``config.json`` ``calibration`` section records (none: T = 1)."""
-        if not isinstance(recorded, dict):
+        """The calibration a bundle's ``config.json`` ``calibration`` section records: none, or
+        method ``none`` (too little validation data to fit one), is T = 1. A section that is
+        there but unreadable raises SentimentError, rather than giving uncalibrated
+        probabilities without a word."""
+        if recorded is None:
             return cls()
-        if recorded.get("method") == "length_temperature":
+        if not isinstance(recorded, dict):
+            raise SentimentError(f"must be an object with a 'method' (got {recorded!r})")
+        method = recorded.get("method")
+        if method == "none":
+            return cls()
+        if method == "length_temperature":
             log_t, slope = recorded.get("log_t"), recorded.get("slope")
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (log_t, slope)):
-                return cls(float(log_t), float(slope))
-        if recorded.get("method") == "temperature":
+            if not all(_is_number(v) for v in (log_t, slope)):
+                raise SentimentError(f"log_t and slope must be numbers (got {log_t!r} and {slope!r})")
+            return cls(float(log_t), float(slope))
+        if method == "temperature":
             value = recorded.get("temperature")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-                return cls(math.log(value), 0.0)
-        return cls()
+            if not (_is_number(value) and value > 0):
+                raise SentimentError(f"temperature must be a number above 0 (got {value!r})")
+            return cls(math.log(value), 0.0)
+        raise SentimentError(f"method {method!r} is not one this version reads "
+                             "(length_temperature, temperature, none)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def logit(p: np.ndarray) -> np.ndarray:

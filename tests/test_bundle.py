@@ -99,6 +99,29 @@ def test_wrong_format_version_is_refused(bundle):
         load_bundle(path)
 
 
+def test_an_unreadable_calibration_is_named_not_dropped(bundle):
+    path, model, encoder = bundle
+    config = json.loads((path / "config.json").read_text())
+    config["calibration"] = {"method": "length_temperature", "log_t": 0.5, "slope": -0.1}
+    (path / "config.json").write_text(json.dumps(config))
+    calibrated = load_bundle(path).predict_proba(TEXTS[:2])[:, 1]
+    for bad, message in (({"method": "isotonic"}, "method 'isotonic' is not one this version reads"),
+                         ({"method": "length_temperature", "log_t": "0.5", "slope": -0.1}, "must be numbers"),
+                         ({"method": "temperature", "temperature": 0}, "above 0"), ("2.0", "must be an object with a 'method' \\(got '2.0'\\)")):
+        config["calibration"] = bad
+        (path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(SentimentError, match=f"config.json: bad 'calibration' section .*{message}"):
+            load_bundle(path)
+    # A bundle with no calibration, or too little data to fit one ("none"), gives the network's own probabilities.
+    config["calibration"] = {"method": "none", "reason": "20 validation reviews"}
+    (path / "config.json").write_text(json.dumps(config))
+    raw = load_bundle(path).predict_proba(TEXTS[:2])[:, 1]
+    del config["calibration"]
+    (path / "config.json").write_text(json.dumps(config))
+    assert load_bundle(path).predict_proba(TEXTS[:2])[:, 1].tolist() == raw.tolist()
+    assert not np.allclose(raw, calibrated)
+
+
 def test_mismatched_shapes_name_the_tensor(bundle):
     path, _, _ = bundle
     other, encoder = _parts(hidden=12)

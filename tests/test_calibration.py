@@ -59,7 +59,6 @@ def test_excerpts_are_runs_of_whole_sentences_of_their_review():
 def test_old_single_temperature_records_still_load():
     assert Calibration.of({"method": "temperature", "temperature": 2.0}).temperatures([3, 300]).tolist() == [2.0, 2.0]
     assert Calibration.of({"method": "none"}) == Calibration() == Calibration.of(None)
-    assert Calibration.of({"method": "length_temperature", "log_t": "x", "slope": 0}) == Calibration()
 
 
 @pytest.fixture(scope="module")

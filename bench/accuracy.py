@@ -141,15 +141,14 @@ def baseline(data: str) -> dict:
     return classification_metrics(splits["test"]["label"], model.predict_proba(splits["test"]["text"])[:, 1])
 
 
-def short_text(bundle: Path, data: Path) -> dict:
+def short_text(bundle: Path, config: dict, data: Path) -> dict:
     """The bundle's accuracy and calibration on the labelled short reviews of ``data``: as its
-    config.json records them when measured on this file with this calibration, else measured
-    now (the file read once per bundle) and recorded there and in its model card."""
-    from sentiment.bundle import CONFIG, rewrite_config
+    config.json (``config``) records them when measured on this file with this calibration, else
+    measured now (the file read once per bundle) and recorded there and in its model card."""
+    from sentiment.bundle import rewrite_config
     from sentiment.data import fingerprint
     from sentiment.evaluation import EvaluateConfig, evaluate
 
-    config = json.loads((bundle / CONFIG).read_text())
     key = {"data": shown(data), "data_fingerprint": fingerprint(data), "calibration": config.get("calibration")}
     recorded = (config.get("metrics") or {}).get("short_text")
     if isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in key.items()):
@@ -165,16 +164,14 @@ def short_text(bundle: Path, data: Path) -> dict:
 
 def shipped(data: Path, models: Path) -> dict:
     """IMDB test and short-text figures of each bundle in ``models`` (models/)."""
-    from sentiment.bundle import DEFAULT_KINDS, default_model_dir
+    from sentiment.bundle import default_model_dir, read_config, shipped_bundles
 
     default = default_model_dir(models).name
     figures = {}
-    for kind in DEFAULT_KINDS:
-        bundle = models / kind
-        if not (bundle / "config.json").is_file():
-            continue
-        test = json.loads((bundle / "config.json").read_text()).get("metrics", {}).get("test", {})
-        short = short_text(bundle, data)
+    for bundle in shipped_bundles(models):
+        kind, config = bundle.name, read_config(bundle)
+        test = config.get("metrics", {}).get("test", {})
+        short = short_text(bundle, config, data)
         figures[kind] = {"bundle": shown(bundle), "default": kind == default, "imdb_test_accuracy": test.get("accuracy"),
                          "imdb_test_ece": test.get("ece"), "short_text_accuracy": short["accuracy"],
                          "short_text_ece": short["ece"], "short_text_data": short["data"]}

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from sentiment import data as data_module  # noqa: E402
 from sentiment.baseline import LinearBaseline  # noqa: E402
-from sentiment.bundle import SHIPPED_MODELS, default_model_dir, load_bundle  # noqa: E402
+from sentiment.bundle import SHIPPED_MODELS, default_model_dir, load_bundle, shipped_bundles  # noqa: E402
 from sentiment.files import write_text_atomic  # noqa: E402
 from sentiment.text import excerpts, words  # noqa: E402
 
@@ -53,8 +53,7 @@ def main() -> None:
     short_texts, short_labels = short["text"], np.asarray(short["label"])
 
     models_dir = Path(args.models_dir)
-    bundles = {folder.name: load_bundle(folder)
-               for folder in sorted(p for p in models_dir.iterdir() if (p / "config.json").exists())}
+    bundles = {folder.name: load_bundle(folder) for folder in shipped_bundles(models_dir)}
     vocabulary = bundles[default_model_dir(models_dir).name].encoder.tokenizer.get_vocab()
     tokens = [w for t in short_texts for w in words(t)]
     results = {"data": args.data, "short_text": args.short_text, "n": len(short_labels),

@@ -101,10 +101,15 @@ SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_KINDS = tuple(reversed(MODEL_KINDS))  # the order among equals: the most capable kind first
 
 
+def shipped_bundles(root: Path = SHIPPED_MODELS) -> list[Path]:
+    """The bundles in ``root`` (models/): one folder per kind with a config.json, in ``DEFAULT_KINDS`` order."""
+    return [root / kind for kind in DEFAULT_KINDS if (root / kind / CONFIG).is_file()]
+
+
 def default_model_dir(root: Path = SHIPPED_MODELS) -> Path:
     """The shipped model that surfaces load when no ``--model`` is given: the one with the
     best validation accuracy (test accuracy never makes a choice), ``DEFAULT_KINDS`` order among equals."""
-    shipped = [root / kind for kind in DEFAULT_KINDS if (root / kind / CONFIG).is_file()]
+    shipped = shipped_bundles(root)
     if not shipped:
         raise SentimentError(f"no --model given and no shipped model in {root}; "
                              "train one with `python train.py` and pass --model DIR")

@@ -96,21 +96,36 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def calibration_metrics(labels, p_positive, bins: int = ECE_BINS) -> dict:
-    """ECE (``bins`` equal-width bins of the predicted class's probability), NLL and Brier score."""
+def _clipped(p) -> np.ndarray:
+    return np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+
+
+def mean_nll(labels: np.ndarray, p_positive) -> float:
+    """The mean negative log-likelihood of 0/1 ``labels`` under P(positive) (clipped off 0 and 1)."""
+    p = _clipped(p_positive)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def reliability_bins(labels, p_positive, bins: int = ECE_BINS) -> list[tuple[float, float, float]]:
+    """(share of reviews, mean confidence, accuracy) of each non-empty bin of ``bins``
+    equal-width bins of the predicted class's probability: ECE's terms, and the reliability diagram."""
     labels = np.asarray(labels, dtype=np.float64)
-    p = np.clip(np.asarray(p_positive, dtype=np.float64), EPS, 1 - EPS)
+    p = _clipped(p_positive)
     confidence = np.maximum(p, 1 - p)
     correct = ((p >= 0.5) == (labels == 1)).astype(np.float64)
     which = np.minimum((confidence * bins).astype(int), bins - 1)
+    return [(float(in_bin.mean()), float(confidence[in_bin].mean()), float(correct[in_bin].mean()))
+            for in_bin in (which == b for b in range(bins)) if in_bin.any()]
+
+
+def calibration_metrics(labels, p_positive, bins: int = ECE_BINS) -> dict:
+    """ECE (``bins`` equal-width bins of the predicted class's probability), NLL and Brier score."""
+    labels = np.asarray(labels, dtype=np.float64)
     ece = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    nll = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-    brier = float(np.mean((p - labels) ** 2))
-    return {"ece": float(ece), "nll": nll, "brier": brier}
+    for share, confidence, accuracy in reliability_bins(labels, p_positive, bins):
+        ece += share * abs(accuracy - confidence)
+    brier = float(np.mean((_clipped(p_positive) - labels) ** 2))
+    return {"ece": float(ece), "nll": mean_nll(labels, p_positive), "brier": brier}
 
 
 def fit_temperature(labels, p_positive, low: float = 0.25, high: float = 10.0) -> float:
@@ -123,8 +138,7 @@ def fit_temperature(labels, p_positive, low: float = 0.25, high: float = 10.0) -
     z = logit(p_positive)
 
     def nll(log_t: float) -> float:
-        q = np.clip(sigmoid(z / np.exp(log_t)), EPS, 1 - EPS)
-        return float(-np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q)))
+        return mean_nll(labels, sigmoid(z / np.exp(log_t)))
 
     a, b = np.log(low), np.log(high)
     ratio = (np.sqrt(5) - 1) / 2
@@ -154,10 +168,9 @@ def fit_length_temperature(labels, p_positive, lengths) -> Calibration:
 
     def nll_and_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
         u = z * np.exp(-(w[0] + w[1] * log_n))
-        q = np.clip(sigmoid(u), EPS, 1 - EPS)
-        nll = -np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q))
+        q = _clipped(sigmoid(u))
         d = -(q - labels) * u  # d NLL / d log T, per review
-        return float(nll), np.array([d.mean(), (d * log_n).mean()])
+        return mean_nll(labels, q), np.array([d.mean(), (d * log_n).mean()])
 
     found = minimize(nll_and_gradient, np.array([one.log_t, one.slope]), jac=True, method="L-BFGS-B",
                      bounds=[(math.log(0.05), math.log(100.0)), (-1.0, 1.0)])

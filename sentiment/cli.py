@@ -113,12 +113,12 @@ def _behaviour(args: argparse.Namespace) -> int:
     import json
 
     from .behaviour import failure_rates, format_rates
-    from .bundle import DEFAULT_KINDS, SHIPPED_MODELS, load_bundle, model_names
+    from .bundle import load_bundle, model_names, shipped_bundles
     from .files import check_file_target, write_text_atomic
 
     if args.json:
         check_file_target(args.json, "--json")
-    models = args.models or [str(SHIPPED_MODELS / k) for k in DEFAULT_KINDS if (SHIPPED_MODELS / k).is_dir()]
+    models = args.models or [str(path) for path in shipped_bundles()]
     rates = {name: failure_rates(load_bundle(path, precision="float32"))
              for name, path in zip(model_names(models), models)}
     print(format_rates(rates))

@@ -125,17 +125,13 @@ def plot_results(results: dict, probabilities: dict, labels: np.ndarray, folder:
 
 def _reliability(plt, probabilities: dict, labels: np.ndarray, path: Path) -> None:
     """Accuracy against confidence per bin of the predicted class's probability (the bins of ECE)."""
-    from .calibration import ECE_BINS
+    from .calibration import ECE_BINS, reliability_bins
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0.5, 1], [0.5, 1], "k--", alpha=0.4, label="perfectly calibrated")
     for name, p in probabilities.items():
-        confidence = np.maximum(p, 1 - p)
-        correct = (p >= 0.5) == (labels == 1)
-        which = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
-        bins = [b for b in range(ECE_BINS) if (which == b).any()]
-        ax.plot([confidence[which == b].mean() for b in bins], [correct[which == b].mean() for b in bins], "o-",
-                label=name)
+        _, confidence, accuracy = zip(*reliability_bins(labels, p))
+        ax.plot(confidence, accuracy, "o-", label=name)
     ax.set(xlabel="confidence (probability of the predicted class)", ylabel="accuracy",
            title=f"reliability ({ECE_BINS} equal-width bins)")
     ax.legend()

@@ -7,7 +7,7 @@ into docs/experiments.md (the flag kept its name from when the table lived in RE
 
 Each run is `python train.py --model KIND --seed S --out RUNS/KIND-sS [extra options]`
 (`RUNS/KIND-lm-sS` with `--pretrain lm`), the command a user runs; a finished run folder
-is reused, so the script can continue in a later session, and `--only-finished` makes
+is reused, so the script can be stopped and run again to continue, and `--only-finished` makes
 the table from the runs that exist without training more. `--runs A,B` pools the finished
 runs of several folders (say CPU runs and GPU runs): every finished run counts, a seed
 run twice counts twice, and new runs go to A. `--jobs N` trains N runs at once (a GPU
@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# The targets of issue #3 (test accuracy, 3-seed mean): from scratch, and with LM pretraining.
+# The accuracy targets (IMDB test, 3-seed mean): from scratch, and with LM pretraining.
 TARGETS = {"rnncell": 0.88, "rnn": 0.88, "lstm": 0.905, "bilstm": 0.91, "lstm+lm": 0.92, "bilstm+lm": 0.925}
 PUBLISHED = [
     ("LSTM from scratch, full-length reviews (Dai & Le 2015)", 0.865),
@@ -51,7 +51,7 @@ PUBLISHED = [
 ]
 START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 SHIPPED_START, SHIPPED_END = "<!-- shipped:start -->", "<!-- shipped:end -->"
-# The targets of issue #17 for the shipped bundles: accuracy on short reviews (the default
+# The targets for the shipped bundles: accuracy on short reviews (the default
 # model higher), and ECE on IMDB test and on the short reviews.
 SHORT_TARGET, SHORT_TARGET_DEFAULT, ECE_TARGET = 0.78, 0.80, 0.03
 
@@ -190,7 +190,7 @@ def shipped_markdown(figures: dict) -> str:
         lines.append(f"| `{f['bundle']}`{' (default)' if f['default'] else ''} | " + " | ".join(cells) + " |")
     data = next(iter(figures.values()))["short_text_data"] if figures else "?"
     lines.append("")
-    lines.append(f"Short reviews: {data}. Targets (issue 17): short-review accuracy at least "
+    lines.append(f"Short reviews: {data}. Targets: short-review accuracy at least "
                  f"{SHORT_TARGET:.0%} ({SHORT_TARGET_DEFAULT:.0%} for the default), ECE at most {ECE_TARGET} on both; "
                  "a figure that misses its target says so.")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""How far IMDB-only training can go on short reviews: the measurements behind issue 17's notes.
+"""How far IMDB-only training can go on short reviews (docs/experiments.md, "How far IMDB-only training
+reaches on short reviews").
 Writes bench/results/short_text_ceiling.json.
 
     python bench/short_text_ceiling.py --data ../shared/imdb/aclImdb_v1.tar.gz --short-text ../shared/rt-polarity/dev.jsonl

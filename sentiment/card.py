@@ -15,6 +15,7 @@ from .files import write_text_atomic
 
 CARD = "README.md"
 IMDB = "stanfordnlp/imdb"
+IMDB_PAGE = "<https://ai.stanford.edu/~amaas/data/sentiment/>"
 # The figures a card lists for each measured split, in this order, when config.json has them.
 SHOWN_METRICS = (("accuracy", "accuracy"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("ece", "ECE"),
                  ("nll", "NLL"), ("brier", "Brier"))
@@ -31,7 +32,7 @@ def _front_matter(config: dict) -> str:
     kind = config["model"]["kind"]
     metrics = config.get("metrics") or {}
     lines = ["---", "language: en", "library_name: pytorch", "pipeline_tag: text-classification",
-             "license: other", "license_name: see-repository",
+             "license: apache-2.0",
              f"tags: [sentiment-analysis, text-classification, rnn, {kind}]"]
     if _trained_on_imdb(config):
         lines.append(f"datasets: [{IMDB}]")
@@ -108,8 +109,22 @@ def card_markdown(config: dict) -> str:
         "- Words outside the vocabulary are read as `<unk>`; a text with no known word gets no verdict.",
         "- Sarcasm, mixed opinions and negation over long distances are often misread.",
         "- IMDB is for research use; the reviews carry the biases of the people who wrote them.", "",
+        "## License", "",
+        *_license(config), "",
     ]
     return "\n".join(sections)
+
+
+def _license(config: dict) -> list[str]:
+    """The weights' license, and whose terms cover the data they were trained on."""
+    lines = ["The weights and this card: Apache License 2.0 (the `LICENSE` file of the `sentiment` repository)."]
+    if _trained_on_imdb(config):
+        lines.append("They were trained on the IMDB Large Movie Review Dataset (Maas et al. 2011, \"Learning Word "
+                     "Vectors for Sentiment Analysis\", ACL 2011), whose terms are its authors': the data is for "
+                     f"research use; see the dataset's page, {IMDB_PAGE}.")
+    else:
+        lines.append("The data they were trained on (named under Training) comes under its own owners' terms.")
+    return lines
 
 
 def card_body(card: str) -> str:

@@ -176,9 +176,11 @@ def test_model_card_carries_the_metadata_and_figures_of_config(tiny_model, tmp_p
     front, body = card.split("\n---\n", 1)
     assert front.startswith("---\nlanguage: en\nlibrary_name: pytorch\n")
     assert "datasets: [stanfordnlp/imdb]" in front  # trained on the Stanford archive
+    assert "\nlicense: apache-2.0\n" in front
     assert f"    - {{type: accuracy, value: {round(config['metrics']['test']['accuracy'], 6)}}}" in front
-    for section in ("## Intended use", "## Training", "## Evaluation", "## Limitations"):
+    for section in ("## Intended use", "## Training", "## Evaluation", "## Limitations", "## License"):
         assert section in body
+    assert "Apache License 2.0" in body and "Maas et al. 2011" in body  # the data's terms are its authors'
     assert f"Command: `{config['command']}`" in body
     test_n = config["metrics"]["test"]["n"]
     assert f"| test | {test_n:,} | {config['metrics']['test']['accuracy']:.2%} |" in body

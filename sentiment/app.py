@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import atexit  # noqa: E402
 import csv  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -24,6 +25,7 @@ from contextlib import nullcontext  # noqa: E402
 
 from .errors import SentimentError  # noqa: E402
 from .options import check_whole  # noqa: E402
+from .page_queue import queue_bounded  # noqa: E402
 from .predict import NOTHING_TO_JUDGE, PRECISIONS, Classifier  # noqa: E402
 
 EXAMPLES = [
@@ -32,10 +34,16 @@ EXAMPLES = [
     "The photography is gorgeous and the lead gives it everything, but the script is thin and the last "
     "act drags on far too long.",
 ]
+# The page's events that answer API clients; the others serve the page alone.
+VISIBILITY = {"predict": "public", "explain": "public", "compare": "undocumented"}
+FILE_TYPES = (".txt", ".csv", ".tsv", ".jsonl")
 TABLE_PREVIEW_ROWS = 1000
 # Scored files of the file tab, and Gradio's copies of them and of uploads, are deleted
 # once this old (checked at each scoring, and by Gradio every as many seconds).
 RESULT_TTL_S = 600
+# JSON can carry half of a UTF-16 surrogate pair on its own; no encoding can.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+NOT_UPLOADED = "Upload the file on this page first: only files uploaded to this server are scored."
 CONTRIBUTION_COLORS = {"strong positive": "#1f9d55", "positive": "#a3e4b8", "negative": "#f8b4b4",
                        "strong negative": "#d92d2d"}
 
@@ -60,6 +68,11 @@ def remove_older(folder: Path, seconds: float) -> None:
                 shutil.rmtree(path.parent, ignore_errors=True)
         except OSError:
             pass
+
+
+def readable(text: str) -> str:
+    """``text`` with each lone surrogate as U+FFFD, as an undecodable byte of a file is read."""
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def contribution_class(score: float | None, scale: float) -> str | None:
@@ -118,6 +131,8 @@ class Views:
         self.classifiers, self.config, self.gate = classifiers, config, gate
         self.main = next(iter(classifiers.values()))
         self.results = Path(tempfile.mkdtemp(prefix="sentiment-scores-"))
+        self.uploads: set[str] = set()  # the page's own sets, once it is built
+        self.temp_file_sets: list[set[str]] = []
         atexit.register(shutil.rmtree, self.results, ignore_errors=True)
 
     @staticmethod
@@ -128,7 +143,7 @@ class Views:
         return gr.Error(message, print_exception=False)
 
     def check(self, text: str | None) -> str:
-        text = text or ""
+        text = readable(text or "")
         if len(text) > self.config.max_chars:
             raise self.refuse(f"The review is {len(text):,} characters long; the limit is {self.config.max_chars:,}.")
         return text
@@ -186,11 +201,32 @@ class Views:
                 rows.append([name, clf.config["model"]["kind"], result["label"], round(result["p_positive"], 4)])
         return rows
 
-    def score_file(self, path: str | None):
+    def uploaded(self, path: str) -> bool:
+        """Whether ``path`` is a file this server's upload route received.
+
+        A caller of the page's API names the file by its path on the server, so any path
+        can arrive here; only the paths the upload route handed out are read. Links and
+        ``..`` are resolved on both sides first.
+        """
+        real = os.path.realpath(path)
+        return os.path.isfile(real) and any(os.path.realpath(p) == real for p in list(self.uploads))
+
+    def score_file(self, upload: dict | str | None):
+        """Score an uploaded file: ``upload`` is the file input's value as sent (its path on the server)."""
         from .score import TEXT_COLUMN_HINT, ScoreConfig, score
 
-        if not path:
+        path = upload.get("path") if isinstance(upload, dict) else upload
+        if not path or not isinstance(path, str):
             raise self.refuse("Choose a .txt, .csv or .jsonl file first.")
+        if not self.uploaded(path):
+            # Gradio has already listed the path among the files it deletes when they
+            # age; left there, a folder (the upload folder itself, say) would stop that
+            # cleaning for good, and a file would be deleted that no upload made.
+            for files in self.temp_file_sets:
+                files.discard(os.path.abspath(path))
+            raise self.refuse(NOT_UPLOADED)
+        if Path(path).suffix.lower() not in FILE_TYPES:
+            raise self.refuse(f"{Path(path).name}: choose a .txt, .csv, .tsv or .jsonl file.")
         remove_older(self.results, RESULT_TTL_S)
         out = Path(tempfile.mkdtemp(dir=self.results)) / f"{Path(path).stem}-scored.csv"
         try:
@@ -227,6 +263,9 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
     views = Views(classifiers, config, gate or nullcontext())
     names = list(classifiers)
     with gr.Blocks(title="sentiment: movie review classifier", delete_cache=(RESULT_TTL_S, RESULT_TTL_S)) as demo:
+        # Gradio records here each path its upload route hands out (and forgets it with
+        # the file, after RESULT_TTL_S).
+        views.uploads, views.temp_file_sets = demo.upload_file_set, demo.temp_file_sets
         gr.Markdown("# Movie review sentiment\nType a review: the prediction updates as you type.")
         with gr.Tab("Review"):
             review, button, outputs = _review_tab(names[0], config, compare=len(classifiers) > 1)
@@ -234,19 +273,30 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
             upload, score_button, file_outputs = _file_tab(config)
         with gr.Tab("Model card"):
             for name, clf in classifiers.items():
-                gr.Markdown(f"## {name}\n`{clf.path}`\n\n" + card_text(clf), elem_classes="model-card")
-        # The button's events are the public API; any change of the text (typing, paste,
-        # drop, autofill, an example clicked) runs the same functions privately: .input
-        # fires on key presses alone in this gradio. always_last: while one prediction
-        # runs, only the newest text waits (a debounce).
+                # The model's name, not its path: where files lie on the server is not for callers.
+                gr.Markdown(f"## {name}\n\n" + card_text(clf), elem_classes="model-card")
+        # The button's /predict and /explain are the page's documented API; /compare and
+        # /score_file answer clients but stay out of the API page (programs have
+        # /api/v1 and the score command). Any change of the text (typing, paste, drop,
+        # autofill, an example clicked) runs the same functions privately: .input fires
+        # on key presses alone in this gradio. always_last: while one prediction runs,
+        # only the newest text waits (a debounce). The page itself calls every event
+        # over HTTP, so each one, private or not, takes the same limits.
         for name, target in outputs.items():
             fn = getattr(views, name)
             button.click(fn, review, target, api_name=name, trigger_mode="always_last",
-                         api_visibility="private" if name == "seen" else "public")
+                         api_visibility=VISIBILITY.get(name, "private"))
             review.change(fn, review, target, api_name=f"{name}_live", api_visibility="private",
                           trigger_mode="always_last", show_progress="hidden")
-        score_button.click(views.score_file, upload, file_outputs, api_name="score_file")
-    demo.queue(default_concurrency_limit=config.concurrency)
+        # Unprocessed: the path reaches score_file as sent, which checks it before reading.
+        score_button.click(views.score_file, upload, file_outputs, api_name="score_file",
+                           api_visibility="undocumented", preprocess=False)
+    queue_bounded(demo, config.concurrency)
+    # Gradio refuses a file input that its upload route did not receive only on a page
+    # it launched itself; mounted in another app (as serve.py does), it would copy any
+    # file of the server into its cache, a named pipe or /dev/zero freezing it. Marking
+    # the page launched turns that check on however the page is served.
+    demo.has_launched = True
     return demo
 
 
@@ -287,7 +337,7 @@ def _file_tab(config: ServeConfig):
                 f"or `.jsonl` file, up to {config.max_upload_mb} MB and {config.max_rows:,} rows. "
                 "Malformed rows become error rows. Files are deleted from the server after "
                 f"{RESULT_TTL_S // 60} minutes; `python -m sentiment score` takes files of any size.")
-    upload = gr.File(label="Reviews", file_types=[".txt", ".csv", ".tsv", ".jsonl"], elem_id="upload")
+    upload = gr.File(label="Reviews", file_types=list(FILE_TYPES), elem_id="upload")
     score_button = gr.Button("Score file", variant="primary", elem_id="score")
     note = gr.Markdown(elem_id="score-note")
     scored = gr.Dataframe(label="Scored rows", interactive=False, elem_id="scored")

@@ -147,7 +147,8 @@ def _with_weights(bundle, folder, change):
 @pytest.mark.slow
 def test_nan_weights_are_refused_by_evaluate_in_one_line(small, tmp_path):
     bundle = _with_weights(small, tmp_path / "nan", lambda state: state["head.weight"].fill_(float("nan")))
-    data = write_table(tmp_path / "l.csv", [{"text": "a great film", "label": 1}, {"text": "an awful film", "label": 0}])
+    data = write_table(tmp_path / "l.csv", [{"text": "a great film", "label": 1},
+                                            {"text": "an awful film", "label": 0}])
     result = run_limited("-m", "sentiment", "evaluate", "--model", bundle, "--data", data)
     assert one_error_line(result) == (f"error: {bundle / 'model.safetensors'}: tensor head.weight holds NaN or "
                                       "infinite values; every weight must be a finite number")

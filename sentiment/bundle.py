@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .calibration import Calibration
@@ -28,6 +28,16 @@ from .text import TextEncoder
 FORMAT_VERSION = 1
 CONFIG, TOKENIZER, WEIGHTS = "config.json", "tokenizer.json", "model.safetensors"
 BUNDLE_FILES = (WEIGHTS, TOKENIZER, CONFIG)  # config last: it names the weights' hash
+# The largest bundle files read, checked before a byte is: far above the shipped ones
+# (config.json 5 KB; tokenizer.json 226 KB for 10,002 words, where 1,000,000 words take about
+# 22 MB and 300 MB of memory to load; model.safetensors 2.8-8.3 MB).
+FILE_LIMITS = {CONFIG: 1 << 20, TOKENIZER: 32 << 20, WEIGHTS: 1 << 30}
+# A safetensors header names each tensor once: a 16-layer bilstm's takes about 15 KB.
+MAX_WEIGHTS_HEADER = 1 << 20
+WEIGHT_DTYPES = ("F32", "F16", "BF16")
+# Weights within float16's range keep every logit finite (the recurrent states are within
+# [-1, 1]), so no review's probability comes out NaN; trained weights are far smaller.
+LARGEST_WEIGHT = 65504.0
 
 
 def _sha256(path: Path) -> str:
@@ -139,6 +149,7 @@ def read_config(path: str | Path) -> dict:
     file = path / CONFIG
     if not file.is_file():
         raise SentimentError(f"{file}: missing (not a model bundle; expected {', '.join(BUNDLE_FILES)})")
+    check_file_size(file)
     try:
         config = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -176,11 +187,84 @@ def shape_mismatch(state: dict, expected: dict) -> tuple[str, tuple, tuple] | No
     return None
 
 
-def minimum_weights(config: ModelConfig) -> int:
-    """Weights a model of these sizes holds at the least: its embedding and first recurrent layer."""
-    gates = 4 if config.kind in ("lstm", "bilstm") else 1
-    first_layer = config.directions * gates * config.hidden_size * (config.embedding_dim + config.hidden_size)
-    return config.vocab_size * config.embedding_dim + first_layer
+def check_file_size(path: Path) -> None:
+    """Refuse a bundle file larger than ``FILE_LIMITS`` allows, before reading it."""
+    limit = FILE_LIMITS[path.name]
+    size = path.stat().st_size if path.is_file() else 0
+    if size > limit:
+        raise SentimentError(f"{path}: {size:,} bytes, above the {limit:,} a bundle's {path.name} may have")
+
+
+def declared_tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each tensor's dtype and shape as the safetensors header declares them, read without the tensors."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    length = int.from_bytes(head, "little")
+    if len(head) < 8 or length > MAX_WEIGHTS_HEADER:
+        raise SentimentError(f"{path}: not a valid safetensors file (a header of {length:,} bytes; "
+                             f"a bundle's may have {MAX_WEIGHTS_HEADER:,})")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            slices = {name: fh.get_slice(name) for name in fh.keys()}
+            return {name: (s.get_dtype(), tuple(s.get_shape())) for name, s in slices.items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SentimentError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def _listed(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "") or "none"
+
+
+def read_weights(path: Path, config: dict, model_config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The bundle's weights, read only once their file's header declares exactly the tensors
+    ``model_config`` implies (names, shapes, a float dtype), and refused unless all are finite."""
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise SentimentError(f"{weights}: missing")
+    check_file_size(weights)
+    expected_hash = config["weights"].get("sha256")
+    if expected_hash and _sha256(weights) != expected_hash:
+        raise SentimentError(f"{weights}: content does not match the sha256 recorded in {CONFIG} "
+                             "(truncated, or replaced by another model's weights)")
+    declared = declared_tensors(weights)
+    expected = model_config.weight_shapes()
+    missing = [name for name in expected if name not in declared]
+    unexpected = [name for name in declared if name not in expected]
+    if missing or unexpected:
+        raise SentimentError(f"{weights}: tensors do not match a {model_config.kind} model "
+                             f"(missing: {_listed(missing)}; unexpected: {_listed(unexpected)})")
+    for name, shape in expected.items():
+        dtype, found = declared[name]
+        if found != shape:
+            raise SentimentError(f"{weights}: tensor {name} has shape {found}, {CONFIG} implies {shape}")
+        if dtype not in WEIGHT_DTYPES:
+            raise SentimentError(f"{weights}: tensor {name} is {dtype}; weights are one of {', '.join(WEIGHT_DTYPES)}")
+    state = read_tensors(weights)
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise SentimentError(f"{weights}: tensor {name} holds NaN or infinite values; every weight must be "
+                                 "a finite number")
+        if tensor.abs().max() > LARGEST_WEIGHT:
+            raise SentimentError(f"{weights}: tensor {name} holds values beyond {LARGEST_WEIGHT:,.0f}; every weight "
+                                 "must be within that (the largest float16)")
+    return state
+
+
+def _text_encoder(path: Path, config: dict) -> TextEncoder:
+    """The bundle's tokenizer, checked against the hash ``config.json`` records (where it does)."""
+    text, tokenizer = config["text"], path / TOKENIZER
+    check_file_size(tokenizer)
+    recorded = config.get("tokenizer")
+    tokenizer_hash = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if tokenizer_hash and tokenizer.is_file() and _sha256(tokenizer) != tokenizer_hash:
+        raise SentimentError(f"{tokenizer}: content does not match the sha256 recorded in {CONFIG} "
+                             "(from another run, or replaced)")
+    try:
+        return TextEncoder.load(tokenizer, text.get("max_len", 200), text.get("truncate", "tail"))
+    except SentimentError as exc:
+        if str(exc).startswith(str(tokenizer)):
+            raise
+        raise SentimentError(f"{path / CONFIG}: bad 'text' section ({exc})") from None
 
 
 def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32") -> Classifier:
@@ -196,53 +280,17 @@ def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32
         model_config = ModelConfig(**config["model"])
     except (TypeError, SentimentError) as exc:
         raise SentimentError(f"{path / CONFIG}: bad 'model' section ({exc})") from None
+    encoder = _text_encoder(path, config)
     try:
-        Calibration.of(config.get("calibration"))
+        Calibration.of(config.get("calibration"), encoder.max_len)
     except SentimentError as exc:
         raise SentimentError(f"{path / CONFIG}: bad 'calibration' section ({exc}); without that section the "
                              "bundle gives its network's own probabilities, and `python -m sentiment calibrate "
                              f"--model {path}` fits a new one") from None
-    text = config["text"]
-    tokenizer_hash = (config.get("tokenizer") or {}).get("sha256") if isinstance(config.get("tokenizer"), dict) else None
-    if tokenizer_hash and (path / TOKENIZER).is_file() and _sha256(path / TOKENIZER) != tokenizer_hash:
-        raise SentimentError(f"{path / TOKENIZER}: content does not match the sha256 recorded in {CONFIG} "
-                             "(from another run, or replaced)")
-    try:
-        encoder = TextEncoder.load(path / TOKENIZER, text.get("max_len", 200), text.get("truncate", "tail"))
-    except SentimentError as exc:
-        if str(exc).startswith(str(path / TOKENIZER)):
-            raise
-        raise SentimentError(f"{path / CONFIG}: bad 'text' section ({exc})") from None
     if encoder.vocab_size != model_config.vocab_size:
         raise SentimentError(f"{path / TOKENIZER}: vocabulary of {encoder.vocab_size} tokens, but "
                              f"{CONFIG} says the model has {model_config.vocab_size}")
-    weights = path / WEIGHTS
-    if not weights.is_file():
-        raise SentimentError(f"{weights}: missing")
-    expected_hash = config["weights"].get("sha256")
-    if expected_hash and _sha256(weights) != expected_hash:
-        raise SentimentError(f"{weights}: content does not match the sha256 recorded in {CONFIG} "
-                             "(truncated, or replaced by another model's weights)")
-    state = read_tensors(weights)
-    # A config that names a huge hidden_size is refused before the model is built, not
-    # after asking for terabytes; sizes merely wrong are named by the shape check below.
-    # (Building the model on the meta device instead would import torch's compiler: 1.5 s
-    # of every start-up.)
-    at_least = minimum_weights(model_config)
-    held = sum(t.numel() for t in state.values())
-    if at_least > max(16 * held, 10_000_000):
-        raise SentimentError(f"{path / CONFIG}: its 'model' sizes imply at least {at_least:,} weights, but "
-                             f"{weights} holds {held:,}")
+    state = read_weights(path, config, model_config)
     model = SentimentRNN(model_config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise SentimentError(f"{weights}: tensors do not match a {model_config.kind} model "
-                             f"(missing: {', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'})")
-    mismatch = shape_mismatch(state, expected)
-    if mismatch:
-        name, got, want = mismatch
-        raise SentimentError(f"{weights}: tensor {name} has shape {got}, {CONFIG} implies {want}")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return Classifier(model, encoder, config, str(path), device, precision)

@@ -41,6 +41,12 @@ EXCERPTS_PER_REVIEW = 2
 MIN_LENGTH_SPREAD = 4.0
 # Lengths at which config.json and the model card show T, for people to read.
 SHOWN_LENGTHS = (5, 20, 200)
+# What a fit may find: log_t within [ln 0.05, ln 100], slope within [-1, 1].
+FIT_BOUNDS = [(math.log(0.05), math.log(100.0)), (-1.0, 1.0)]
+# The temperatures a bundle may give, at every length it reads: wide enough for any fit at
+# up to 5,000 words read (1e-5 to 5e5), narrow enough that T stays a positive float32 and
+# logits / T stay finite, so no probability comes out NaN or 0.5 for every review.
+TEMPERATURE_RANGE = (1e-6, 1e6)
 
 
 @dataclass(frozen=True)
@@ -56,12 +62,29 @@ class Calibration:
         n = np.maximum(np.asarray(lengths, dtype=np.float64), 1.0)
         return np.exp(self.log_t + self.slope * np.log(n))
 
+    def check(self, max_len: int) -> "Calibration":
+        """This calibration, refused unless T is within ``TEMPERATURE_RANGE`` at every length
+        from 1 to ``max_len`` words (log T is linear in ln n: its ends are at 1 and ``max_len``)."""
+        low, high = TEMPERATURE_RANGE
+        for n in (1, max_len):
+            log_temperature = self.log_t + self.slope * math.log(n)
+            if not math.log(low) <= log_temperature <= math.log(high):
+                raise SentimentError(
+                    f"T = exp(log_t + slope * ln n) must stay within [{low:g}, {high:g}] for every length up to "
+                    f"max_len {max_len}, but log_t {self.log_t:g} and slope {self.slope:g} give "
+                    f"ln T = {log_temperature:g} at {n} words")
+        return self
+
     @classmethod
-    def of(cls, recorded) -> "Calibration":
+    def of(cls, recorded, max_len: int = 1) -> "Calibration":
         """The calibration a bundle's ``config.json`` ``calibration`` section records: none, or
         method ``none`` (too little validation data to fit one), is T = 1. A section that is
-        there but unreadable raises SentimentError, rather than giving uncalibrated
-        probabilities without a word."""
+        there but unreadable, or whose T leaves ``TEMPERATURE_RANGE`` at a length up to
+        ``max_len``, raises SentimentError, rather than giving other probabilities without a word."""
+        return cls._read(recorded).check(max_len)
+
+    @classmethod
+    def _read(cls, recorded) -> "Calibration":
         if recorded is None:
             return cls()
         if not isinstance(recorded, dict):
@@ -173,7 +196,7 @@ def fit_length_temperature(labels, p_positive, lengths) -> Calibration:
         return mean_nll(labels, q), np.array([d.mean(), (d * log_n).mean()])
 
     found = minimize(nll_and_gradient, np.array([one.log_t, one.slope]), jac=True, method="L-BFGS-B",
-                     bounds=[(math.log(0.05), math.log(100.0)), (-1.0, 1.0)])
+                     bounds=FIT_BOUNDS)
     return Calibration(float(found.x[0]), float(found.x[1]))
 
 

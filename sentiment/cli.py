@@ -93,13 +93,15 @@ def _calibrate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, metavar="SRC",
                         help="the training data, where it now lives (default: the path in the bundle's config)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR", help="datasets cache folder")
+    parser.add_argument("--allow-other-data", action="store_true",
+                        help="calibrate on data whose fingerprint is not the one the bundle was trained on")
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     from .evaluation import calibrate_bundle
 
     for model in args.models:
-        calibrate_bundle(model, args.data, args.cache_dir)
+        calibrate_bundle(model, args.data, args.cache_dir, args.allow_other_data)
     return 0
 
 

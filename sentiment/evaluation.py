@@ -140,11 +140,15 @@ def _reliability(plt, probabilities: dict, labels: np.ndarray, path: Path) -> No
     plt.close(fig)
 
 
-def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | None = None) -> dict:
+def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | None = None,
+                     allow_other_data: bool = False) -> dict:
     """``sentiment calibrate``: fit a bundle's temperature by length on the validation split it was
     trained with (rebuilt from its config: data, seed, validation fraction) and excerpts of it, record it and the
     calibrated metrics in its ``config.json``, and refresh its model card. Weights and
-    tokenizer are untouched, so their hashes still hold."""
+    tokenizer are untouched, so their hashes still hold.
+
+    The data must have the fingerprint the bundle recorded at training, unless ``allow_other_data``:
+    other data would replace its calibration and validation metrics with figures of that data."""
     from . import calibration
     from .bundle import CONFIG, load_bundle, read_config, rewrite_config
     from .distributed import Processes
@@ -158,6 +162,7 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
         raise SentimentError(f"{model_dir}/{CONFIG}: no 'training' section, so its validation split is unknown")
     if data:
         training["data"] = data
+    other_data = _other_data(model_dir, config, training.get("data"), allow_other_data)
     if cache_dir:
         training["cache_dir"] = cache_dir
     training["out"] = None
@@ -172,6 +177,8 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
     metrics["validation"] = classification_metrics(val_labels, clf.predict_proba(validation["text"])[:, 1])
     if test is not None and "test" in metrics:
         metrics["test"] = classification_metrics(np.asarray(test["label"]), clf.predict_proba(test["text"])[:, 1])
+    if other_data:
+        fitted["other_data"] = other_data  # the record says its figures are not of the training data
     config.update({"metrics": metrics, "calibration": fitted})
     rewrite_config(model_dir, config)
     if fitted["method"] == "none":
@@ -179,3 +186,21 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
     else:
         print(f"{model_dir}: {calibration.describe(fitted)}")
     return fitted
+
+
+def _other_data(model_dir: str, config: dict, source, allow: bool) -> dict | None:
+    """None when ``source`` is the data the bundle was trained on (same fingerprint); else what it
+    is, where ``allow`` says so, or SentimentError naming both."""
+    from .bundle import CONFIG
+
+    recorded, found = config.get("data_fingerprint"), data_module.fingerprint(source)
+    if found == recorded:
+        return None
+    if not allow:
+        trained_on = (config.get("training") or {}).get("data")
+        was = (f"was trained on {trained_on} (fingerprint {recorded})" if recorded
+               else "records no data_fingerprint, so its training data is unknown")
+        raise SentimentError(f"{model_dir}/{CONFIG}: the bundle {was}, but {source} has fingerprint {found}; "
+                             "calibrating on other data replaces its calibration and validation metrics with "
+                             "figures of that data (--allow-other-data does so)")
+    return {"data": str(source), "data_fingerprint": found}

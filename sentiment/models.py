@@ -26,6 +26,10 @@ from .options import check_whole
 from .text import PAD_ID
 
 MODEL_KINDS = ("rnncell", "rnn", "lstm", "bilstm")
+# The largest sizes a model may have: far above the shipped models (10,002 words, 128-256
+# wide, 1-2 layers), low enough that a config.json asking for more is refused before any
+# memory is taken for it.
+SIZE_LIMITS = {"vocab_size": 1_000_000, "embedding_dim": 4096, "hidden_size": 4096, "num_layers": 16}
 
 
 @dataclass
@@ -43,7 +47,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
             raise SentimentError(f"model kind must be one of {', '.join(MODEL_KINDS)} (got {self.kind!r})")
-        check_whole(self, ("vocab_size", "embedding_dim", "hidden_size", "num_layers"), options=False)
+        for name, limit in SIZE_LIMITS.items():
+            check_whole(self, (name,), options=False, maximum=limit)
         for name in ("dropout", "word_dropout"):
             if not isinstance(getattr(self, name), (int, float)) or not 0 <= getattr(self, name) < 1:
                 raise SentimentError(f"{name} must be in [0, 1) (got {getattr(self, name)})")
@@ -54,6 +59,25 @@ class ModelConfig:
     @property
     def directions(self) -> int:
         return 2 if self.kind == "bilstm" else 1
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The name and shape of every tensor of ``SentimentRNN(self).state_dict()``, computed
+        without building the model: a bundle's weights file is checked against it before any
+        memory is taken for the model."""
+        gates = 4 if self.kind in ("lstm", "bilstm") else 1
+        rows, h = gates * self.hidden_size, self.hidden_size
+        shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (self.vocab_size, self.embedding_dim)}
+        for layer in range(self.num_layers):
+            width = self.embedding_dim if layer == 0 else h * self.directions
+            if self.kind == "rnncell":
+                prefixes, suffix = [f"encoder.cells.{layer}."], ""
+            else:
+                prefixes, suffix = [f"encoder.layers.{layer}.{d}." for d in range(self.directions)], "_l0"
+            for prefix in prefixes:
+                shapes.update({f"{prefix}weight_ih{suffix}": (rows, width), f"{prefix}weight_hh{suffix}": (rows, h),
+                               f"{prefix}bias_ih{suffix}": (rows,), f"{prefix}bias_hh{suffix}": (rows,)})
+        shapes.update({"head.weight": (2, 3 * h * self.directions), "head.bias": (2,)})
+        return shapes
 
 
 class RNNCellLoop(nn.Module):

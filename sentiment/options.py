@@ -25,9 +25,10 @@ def option_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def check_whole(owner: Any, names: tuple[str, ...], minimum: int = 1, options: bool = True) -> None:
-    """Each named attribute of ``owner`` must be a whole number of at least ``minimum``;
-    the message names it as an option (``--batch-size``) or, for a file's field, as is."""
+def check_whole(owner: Any, names: tuple[str, ...], minimum: int = 1, options: bool = True,
+                maximum: int | None = None) -> None:
+    """Each named attribute of ``owner`` must be a whole number of at least ``minimum`` (and at
+    most ``maximum``); the message names it as an option (``--batch-size``) or, for a file's field, as is."""
     from .errors import SentimentError
 
     for name in names:
@@ -37,6 +38,8 @@ def check_whole(owner: Any, names: tuple[str, ...], minimum: int = 1, options: b
             raise SentimentError(f"{shown} must be a whole number (got {value!r})")
         if value < minimum:
             raise SentimentError(f"{shown} must be at least {minimum} (got {value})")
+        if maximum is not None and value > maximum:
+            raise SentimentError(f"{shown} must be at most {maximum:,} (got {value:,})")
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:

@@ -11,7 +11,7 @@ from .calibration import Calibration
 from .data import LABELS
 from .errors import SentimentError
 from .models import SentimentRNN
-from .text import PAD_ID, UNK_ID, Encoded, TextEncoder
+from .text import PAD_ID, UNK_ID, Encoded, TextEncoder, encodable
 
 # A review with no word of the vocabulary among those the model reads (an empty one, say)
 # gives the model nothing but padding and <unk>: its output then says nothing about the text.
@@ -172,7 +172,7 @@ class Classifier:
         self.config = config
         self.path = path
         # Post-hoc calibration (a temperature by length), when fitted: every probability uses it.
-        self.calibration = Calibration.of(config.get("calibration"))
+        self.calibration = Calibration.of(config.get("calibration"), encoder.max_len)
 
     def __repr__(self) -> str:
         return f"Classifier(kind={self.config['model']['kind']!r}, path={self.path!r})"
@@ -206,7 +206,7 @@ class Classifier:
 
     def read(self, text: str) -> Explanation:
         """The words of ``text`` as the model reads them (known or ``<unk>``, kept or cut), without scores."""
-        text = "" if text is None else str(text)
+        text = encodable("" if text is None else str(text))
         encoding = self.encoder.encode_one(text)
         kept = [False] * len(encoding.ids)
         for a, b in self.encoder.kept_span(len(encoding.ids)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -21,6 +22,12 @@ from .options import check_whole
 UNK, PAD = "<unk>", "<pad>"
 UNK_ID, PAD_ID = 0, 1
 TRUNCATE_SIDES = ("head", "tail", "head+tail")
+# The most tokens a model may read of a review: the longest IMDB review is about 2,500 words.
+# Explaining a review costs memory in the square of it.
+MAX_LEN = 5000
+# Lone surrogates (half of a UTF-16 pair, or a byte Python could not decode in a file name)
+# are not text the tokenizer accepts.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # What TextEncoder.shorten keeps of a very long text: characters per word read, and words
 # to spare at a cut (a word split in two, or half an HTML tag, makes one spurious word).
 CUT_CHARS_PER_TOKEN, CUT_SPARE_WORDS = 64, 8
@@ -39,9 +46,19 @@ def _normalizer() -> normalizers.Normalizer:
     ])
 
 
+def encodable(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, one character for one, so the
+    offsets of its words are those of ``text``; the text itself where it has none (nearly always)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
 def words(text: str) -> list[str]:
     """The words of a text as the tokenizer sees them (for models that build their own vocabulary)."""
-    return _NORMALIZER.normalize_str(text).split()
+    return _NORMALIZER.normalize_str(encodable(text)).split()
 
 
 _NORMALIZER = _normalizer()
@@ -55,6 +72,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 10_000, length: int 
     trainer = WordLevelTrainer(vocab_size=vocab_size + 2, special_tokens=[UNK, PAD], show_progress=False)
     tokenizer.train_from_iterator(texts, trainer, length=length)
     return tokenizer
+
+
+def check_reading(max_len, truncate) -> None:
+    """Refuse a number of tokens to read, or a side to cut, that no encoder can have."""
+    check_whole(SimpleNamespace(max_len=max_len), ("max_len",), minimum=2, options=False, maximum=MAX_LEN)
+    if truncate not in TRUNCATE_SIDES:
+        raise SentimentError(f"truncate must be one of {', '.join(TRUNCATE_SIDES)} (got {truncate!r})")
 
 
 @dataclass
@@ -75,10 +99,7 @@ class TextEncoder:
     """Turns raw review text into fixed-length id arrays, the same way everywhere."""
 
     def __init__(self, tokenizer: Tokenizer, max_len: int = 200, truncate: str = "tail"):
-        self.max_len = max_len
-        check_whole(self, ("max_len",), minimum=2, options=False)
-        if truncate not in TRUNCATE_SIDES:
-            raise SentimentError(f"truncate must be one of {', '.join(TRUNCATE_SIDES)} (got {truncate!r})")
+        check_reading(max_len, truncate)
         for token, expected in ((UNK, UNK_ID), (PAD, PAD_ID)):
             if tokenizer.token_to_id(token) != expected:
                 raise SentimentError(f"tokenizer must map {token} to id {expected}")
@@ -94,6 +115,8 @@ class TextEncoder:
     @classmethod
     def load(cls, path: str | Path, max_len: int, truncate: str) -> "TextEncoder":
         path = Path(path)
+        # Checked before the file is read: a bad length costs no tokenizer load.
+        check_reading(max_len, truncate)
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except FileNotFoundError:
@@ -119,12 +142,12 @@ class TextEncoder:
 
     def encode_one(self, text: str):
         """The full encoding of one review (ids, words, and their offsets in ``text``), uncut."""
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(encodable(text), add_special_tokens=False)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         """The normalized words of each text, before the vocabulary lookup."""
         return [[tok for tok, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(
-            self.tokenizer.normalizer.normalize_str(t))] for t in texts]
+            self.tokenizer.normalizer.normalize_str(encodable(t)))] for t in texts]
 
     def _words(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
@@ -156,7 +179,8 @@ class TextEncoder:
     def encode(self, texts: Sequence[str]) -> Encoded:
         # Encoding without truncation keeps the whole review, so every side of the
         # cut (head, tail or both) is taken from the same token list.
-        encodings = self.tokenizer.encode_batch_fast([self.shorten(t) for t in texts], add_special_tokens=False)
+        encodings = self.tokenizer.encode_batch_fast([self.shorten(encodable(t)) for t in texts],
+                                                     add_special_tokens=False)
         n = len(encodings)
         ids = np.full((n, self.max_len), PAD_ID, dtype=np.int64)
         lengths = np.ones(n, dtype=np.int64)

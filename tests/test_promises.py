@@ -171,7 +171,8 @@ def test_a_column_that_changes_type_names_the_row_for_parquet(tiny_model, tmp_pa
 
 @pytest.mark.parametrize("section, values, message", [
     ("text", {"max_len": "x"}, "config.json: bad 'text' section (max_len must be a whole number (got 'x'))"),
-    ("model", {"hidden_size": 10 ** 9}, "config.json: its 'model' sizes imply at least 4,000,000,"),
+    ("model", {"hidden_size": 10 ** 9}, "config.json: bad 'model' section (hidden_size must be at most 4,096 (got "
+                                        "1,000,000,000))"),
     ("model", {"hidden_size": 17}, "tensor encoder.layers.0.0.weight_ih_l0 has shape (64, 16), config.json implies (68, 16)"),
     ("model", {"num_layers": 2.5}, "bad 'model' section (num_layers must be a whole number (got 2.5))"),
 ])

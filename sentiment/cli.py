@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .errors import SentimentError
+from .errors import Interrupted, SentimentError
 from .options import add_options, from_args
 
 
@@ -154,40 +154,125 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def run(handler: Callable[[], int]) -> int:
-    """Run a command: bad input is one line on stderr and exit status 2, Ctrl-C is 130."""
+def _hold_closed_standard_fds() -> None:
+    """A command started with stdin, stdout or stderr closed (``<&-``, ``>&-``, ``2>&-``) gets
+    /dev/null in that place: a file it opens later would otherwise take the number, and
+    whatever writes to "standard output" would write into that file. ``sys.stdin`` and
+    ``sys.stdout`` stay None, so a command that needs them says it; messages for a closed
+    stderr go nowhere."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDWR)
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+
+
+def _say(line: str) -> None:
     try:
-        return handler()
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr on a full disk or gone: the exit status still tells
+        pass
+
+
+class _StandardOutput:
+    """``sys.stdout`` while a command runs, whose failures name it: what a command prints
+    to a full disk or /dev/full is then one line, "standard output: writing failed". A closed
+    pipe (output piped into ``head``) stays a BrokenPipeError, which ends the command quietly."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def _failing(self, act, *args):
+        try:
+            return act(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise SentimentError(f"standard output: writing failed ({exc.strerror or exc})") from None
+
+    def write(self, text: str) -> int:
+        return self._failing(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._failing(self.stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _drop_stdout() -> None:
+    """Send what is still buffered for a standard output that failed to /dev/null, where
+    Python's flush at exit succeeds."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def run(handler: Callable[[], int]) -> int:
+    """Run a command: bad input is one line on stderr and exit status 2, Ctrl-C is 130;
+    never a traceback for either, from the first import of the command on."""
+    try:
+        _hold_closed_standard_fds()
+        if sys.stdout is not None:
+            sys.stdout = _StandardOutput(sys.stdout)
+        status = handler()
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a failure to print shows here, not as Python's message at exit
+        return status
     except SentimentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, Interrupted):  # a command that said what it leaves behind said enough
+            _say("interrupted")
         return 130
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # What the system refused where no check of ours foresaw it: still one line, naming the file.
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"error: {where}{exc.strerror or exc}")
+        return 2
+    finally:
+        if isinstance(sys.stdout, _StandardOutput):
+            sys.stdout = sys.stdout.stream
+        _drop_stdout()
+
+
+def _run_parsed(parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None,
+                command: Callable[[argparse.Namespace], int]) -> int:
+    # Parsing is inside run(): building a command's options imports its modules (torch among
+    # them), and a Ctrl-C there is a Ctrl-C like any other.
+    return run(lambda: command(parser().parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else "")
-    args = parser.parse_args(argv)
-    return run(lambda: COMMANDS[args.command][2](args))
+    return _run_parsed(lambda: build_parser(command if command in COMMANDS else ""), argv,
+                       lambda args: COMMANDS[args.command][2](args))
+
+
+def _entry_parser(name: str, prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=COMMANDS[name][0])
+    COMMANDS[name][1](parser)
+    return parser
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``python train.py ...``: the same as ``sentiment train ...``."""
-    parser = argparse.ArgumentParser(prog="train.py", description=COMMANDS["train"][0])
-    _train_parser(parser)
-    args = parser.parse_args(argv)
-    return run(lambda: _train(args))
+    return _run_parsed(lambda: _entry_parser("train", "train.py"), argv, _train)
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """``python serve.py ...``: the same as ``sentiment serve ...``."""
-    parser = argparse.ArgumentParser(prog="serve.py", description=COMMANDS["serve"][0])
-    _serve_parser(parser)
-    args = parser.parse_args(argv)
-    return run(lambda: _serve(args))
+    return _run_parsed(lambda: _entry_parser("serve", "serve.py"), argv, _serve)

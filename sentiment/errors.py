@@ -7,3 +7,8 @@ class SentimentError(Exception):
     Command-line entry points catch it, print ``error: <message>`` on stderr and exit
     with status 2, so users never see a traceback for a mistake of theirs.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after the command told the user what it leaves behind (the best model so far,
+    how to resume): the entry points end with status 130 and add nothing."""

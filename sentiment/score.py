@@ -9,8 +9,6 @@ The web page's file tab calls :func:`score_rows` too, so both score files the sa
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from .data import decode, decoded_lines, is_uri, iter_rows, not_text, open_binar
 from .errors import SentimentError
 from .files import check_file_target, clear_tmp_files, write_atomic
 from .options import check_whole
+from .outputs import Output
 from .predict import PRECISIONS, Classifier
 
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
@@ -192,18 +191,55 @@ def _uri(name: str, text_column: str | None, shown: str) -> Iterator[Record]:
         raise SentimentError(f"{name}: unsupported input type {suffix!r}; expected {', '.join(INPUT_SUFFIXES)}")
 
 
+def folder_reviews(path: Path) -> list[Path]:
+    """The files a folder input reads: its .txt files, one review each."""
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
+
+
 def check_inputs(inputs: Sequence[str], out: str | None = None) -> None:
     """Fail before any work on an input that does not exist, or an output that would replace an input."""
     if not inputs:
         raise SentimentError("no input given: name files, folders, or - for standard input")
     for name in inputs:
+        if name == "-" and sys.stdin is None:
+            raise SentimentError("-: standard input is closed; name a file to score")
         if name != "-" and not is_uri(name) and not Path(name).exists():
             raise SentimentError(f"{name}: no such file or directory")
-    if out and Path(out).exists():
-        for name in inputs:
-            if name != "-" and not is_uri(name) and Path(name).is_file() and os.path.samefile(name, out):
-                raise SentimentError(f"--out {out} is the input {name}: scoring would replace it; "
-                                     "write the scores to another file")
+    if out:
+        _check_out_spares_inputs(inputs, out)
+
+
+def _stdin_file() -> os.stat_result | None:
+    try:
+        return os.fstat(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):  # closed, or replaced by something without a file
+        return None
+
+
+def _check_out_spares_inputs(inputs: Sequence[str], out: str) -> None:
+    """The same file under any name (another spelling, a hard link, a member of an input
+    folder, the file on standard input) is the same inode on the same device."""
+    try:
+        target = os.stat(out)
+    except OSError:
+        return  # a new file replaces nothing
+
+    def same(found: os.stat_result | None) -> bool:
+        return found is not None and (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino)
+
+    refuse = "scoring would replace it; write the scores to another file"
+    for name in inputs:
+        if name == "-":
+            if same(_stdin_file()):
+                raise SentimentError(f"--out {out} is the file on standard input: {refuse}")
+        elif is_uri(name):
+            continue
+        elif Path(name).is_dir():
+            member = next((p for p in folder_reviews(Path(name)) if same(p.stat())), None)
+            if member is not None:
+                raise SentimentError(f"--out {out} is {member.name} of the input folder {name}: {refuse}")
+        elif same(os.stat(name)):
+            raise SentimentError(f"--out {out} is the input {name}: {refuse}")
 
 
 # --- scoring -------------------------------------------------------------------
@@ -252,6 +288,10 @@ class OutputRows:
             known_words: int | None) -> dict[str, Any]:
         if record.error is None:
             extra = [str(c) for c in record.columns if str(c) not in self.columns]
+            if extra and record.source == self.first_source:
+                raise SentimentError(f"{record.source}:{record.row}: has columns {', '.join(extra)}, but the "
+                                     f"{HELD_ERROR_ROWS:,} rows before it were error rows, which have none; "
+                                     "fix those rows, or see them with --on-error stop")
             if extra:
                 raise SentimentError(f"{record.source}: has columns {', '.join(extra)} that {self.first_source} "
                                      "does not; score inputs with different columns separately")
@@ -284,12 +324,31 @@ class Counts:
         return text
 
 
+# Error rows hold none of the input's columns, and the output's columns are the first parsed
+# row's: leading chunks of nothing but error rows wait for that row (up to this many rows).
+HELD_ERROR_ROWS = 100_000
+
+
+def _until_parsed(chunks: Iterable[list[Record]], on_error: str) -> Iterator[list[Record]]:
+    held: list[Record] = []
+    for chunk in chunks:
+        if on_error == "stop":  # the first error row ends the run: nothing to wait for
+            yield chunk
+            continue
+        held.extend(chunk)
+        if any(r.error is None for r in chunk) or len(held) >= HELD_ERROR_ROWS:
+            on_error = "stop"  # from here on every chunk passes as it is
+            yield held
+    if held and on_error != "stop":
+        yield held
+
+
 def score_rows(classifier: Classifier, records: Iterable[Record], chunk_size: int = 4096, batch_size: int = 256,
                on_error: str = "stop", counts: Counts | None = None) -> Iterator[list[dict[str, Any]]]:
     """Score records chunk by chunk; yields lists of output rows in input order."""
     counts = counts if counts is not None else Counts()
     output = OutputRows()
-    for chunk in _chunks(records, chunk_size):
+    for chunk in _until_parsed(_chunks(records, chunk_size), on_error):
         counts.read += len(chunk)
         for record in chunk:
             if record.error and on_error == "stop":
@@ -316,76 +375,6 @@ def score_rows(classifier: Classifier, records: Iterable[Record], chunk_size: in
 
 # --- writing -------------------------------------------------------------------
 
-class _CsvWriter:
-    def __init__(self, stream: IO[str]):
-        self.stream, self.writer = stream, None
-
-    def write(self, rows: list[dict]) -> None:
-        if self.writer is None:
-            self.writer = csv.DictWriter(self.stream, fieldnames=list(rows[0]), lineterminator="\n")
-            self.writer.writeheader()
-        self.writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
-
-    def close(self) -> None:
-        self.stream.flush()
-
-
-class _JsonlWriter:
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-
-    def write(self, rows: list[dict]) -> None:
-        self.stream.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
-
-    def close(self) -> None:
-        self.stream.flush()
-
-
-class _ParquetWriter:
-    def __init__(self, path: str):
-        self.path, self.writer, self.schema = path, None, None
-
-    def write(self, rows: list[dict]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            if self.writer is None:
-                table = pa.Table.from_pylist(rows)
-                # Columns that start empty (error, say) must still hold text later.
-                self.schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
-                                         for f in table.schema])
-                self.writer = pq.ParquetWriter(self.path, self.schema)
-            table = pa.Table.from_pylist(rows, schema=self.schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise SentimentError(f"parquet output: {self._first_misfit(rows) or exc}; a parquet column holds one "
-                                 "type: use --format csv or jsonl") from None
-        self.writer.write_table(table)
-
-    def _first_misfit(self, rows: list[dict]) -> str | None:
-        """Where a value first differs in type from the rows before it: "file:row: field 'x' is str ..."."""
-        import pyarrow as pa
-
-        columns = list(rows[0])
-        for name in columns:
-            wanted = self.schema.field(name).type if self.schema is not None else None
-            for row in rows:
-                value = row.get(name)
-                try:
-                    wanted = pa.array([value], type=wanted).type if wanted is not None else pa.array([value]).type
-                    if pa.types.is_null(wanted):
-                        wanted = None
-                except (pa.ArrowInvalid, pa.ArrowTypeError):
-                    where = ":".join(str(row[c]) for c in columns[:2])
-                    return f"{where}: field {name!r} is {type(value).__name__} ({str(value)[:40]!r}), " \
-                           f"where earlier rows hold {wanted}"
-        return None
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def check_output(config: ScoreConfig) -> None:
     """Fail before any work on an output that cannot be written; clear leftovers of a killed run."""
     fmt = config.output_format()
@@ -393,9 +382,11 @@ def check_output(config: ScoreConfig) -> None:
     if fmt == "parquet" and not config.out:
         raise SentimentError("--format parquet needs --out FILE (parquet cannot stream to a terminal)")
     if not config.out:
+        if sys.stdout is None:
+            raise SentimentError("standard output is closed: name a file with --out")
         return
     check_file_target(config.out, "--out")
-    clear_tmp_files(config.out)  # what a run killed while writing left beside the output
+    clear_tmp_files(config.out)  # what runs killed while writing left beside the output
 
 
 def _at_most(records: Iterable[Record], limit: int) -> Iterator[Record]:
@@ -416,22 +407,25 @@ def score(config: ScoreConfig, classifier: Classifier) -> Counts:
     try:
         write_atomic(config.out, lambda tmp: _write(config, classifier, counts, tmp))
     except OSError as exc:
-        # A full disk, a file size limit: nothing appears under the output's name.
+        # The temporary file or the rename failed: nothing appears under the output's name.
         raise SentimentError(f"--out {config.out}: writing failed ({exc.strerror or exc}); "
                              "nothing was written") from None
     return counts
 
 
+def _read(chunks: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+    """Scored chunks, where an input that cannot be read is named as such, not taken for the output."""
+    try:
+        yield from chunks
+    except OSError as exc:
+        raise SentimentError(f"{exc.filename or 'input'}: reading failed ({exc.strerror or exc})") from None
+
+
 def _write(config: ScoreConfig, classifier: Classifier, counts: Counts, path: str | None) -> None:
     """Score every input row into ``path`` (standard output when None)."""
-    fmt = config.output_format()
-    stream = None
+    output = Output(config.output_format(), path, f"--out {config.out}" if path else "standard output",
+                    list(OUR_COLUMNS))
     try:
-        if fmt == "parquet":
-            writer = _ParquetWriter(path)
-        else:
-            stream = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
-            writer = (_CsvWriter if fmt == "csv" else _JsonlWriter)(stream)
         bar = None
         if config.progress or (config.progress is None and sys.stderr.isatty()):
             from tqdm import tqdm
@@ -440,27 +434,13 @@ def _write(config: ScoreConfig, classifier: Classifier, counts: Counts, path: st
         records = read_inputs(config.inputs, config.text_column, config.names)
         if config.max_rows:
             records = _at_most(records, config.max_rows)
-        wrote_any = False
-        for rows in score_rows(classifier, records, config.chunk_size, config.batch_size, config.on_error, counts):
-            writer.write(rows)
-            wrote_any = True
+        for rows in _read(score_rows(classifier, records, config.chunk_size, config.batch_size, config.on_error,
+                                     counts)):
+            output.write(rows)
             if bar is not None:
                 bar.update(len(rows))
         if bar is not None:
             bar.close()
-        if not wrote_any and fmt == "csv":
-            stream.write(",".join(OUR_COLUMNS) + "\n")
-        writer.close()
-        if fmt == "parquet" and not wrote_any:
-            _empty_parquet(path)
+        output.close()
     finally:
-        if stream is not None and stream is not sys.stdout:
-            stream.close()
-
-
-def _empty_parquet(path: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    types = {"p_positive": pa.float64(), "known_words": pa.int64()}
-    pq.write_table(pa.table({c: pa.array([], types.get(c, pa.string())) for c in OUR_COLUMNS}), path)
+        output.release()

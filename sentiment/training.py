@@ -30,7 +30,7 @@ from . import calibration
 from . import data as data_module
 from .bundle import load_bundle, save_bundle
 from .distributed import Processes, deal_out, device_kind, gather_rng
-from .errors import SentimentError
+from .errors import Interrupted, SentimentError
 from .files import write_text_atomic
 from .loop import (CTRL_C, WeightAverage, adversarial_perturbation, cpu_copy, epoch_order,  # noqa: F401 (re-exported)
                    evaluate, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
@@ -236,7 +236,7 @@ def _language_model(run: Run, model: SentimentRNN, encoded, n_train: int, lm_che
                   f"in {run.folder}; continue with --resume {run.folder}", file=sys.stderr)
         elif run.procs.main:
             print("\ninterrupted before the first language-model epoch ended: nothing saved", file=sys.stderr)
-        raise
+        raise Interrupted from None
     if run.procs.main:
         save_lm(model, run.folder / LM_WEIGHTS)
 
@@ -298,7 +298,7 @@ def _classifier(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data,
                   file=sys.stderr)
         elif procs.main:
             print("\ninterrupted before the first epoch ended: nothing saved", file=sys.stderr)
-        raise KeyboardInterrupt from None
+        raise Interrupted from None
     return progress
 
 

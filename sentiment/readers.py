@@ -48,6 +48,11 @@ def decode(raw: bytes) -> tuple[str, int]:
     if encoding is not None:
         text = raw.decode(encoding, errors="replace")
         return text, text.count("\ufffd")
+    return decode_utf8(raw)
+
+
+def decode_utf8(raw: bytes) -> tuple[str, int]:
+    """UTF-8 text with undecodable bytes replaced by U+FFFD, and how many were replaced."""
     try:
         return raw.decode("utf-8"), 0
     except UnicodeDecodeError:
@@ -112,15 +117,15 @@ def decoded_lines(binary: io.BufferedReader, source: str) -> Iterator[tuple[str,
             raise SentimentError(f"{source}: not UTF-8 text: it holds NUL bytes (UTF-16 without a byte order "
                                  "mark, or a binary file?); save it as UTF-8, or as UTF-16 with a byte order mark")
         for raw in binary:
-            yield decode(raw)
+            yield decode_utf8(raw)
         return
     # newline="": a "\r\n" inside a quoted csv field stays as it is.
     for line in io.TextIOWrapper(binary, encoding=encoding, errors="replace", newline=""):
         yield line, line.count("\ufffd")
 
 
-# A field may be as long as a line of a .txt input (20 MB reviews are read whole), but
-# not unbounded: an unclosed quote would otherwise read the rest of the file into one field.
+# A field may be as long as a review on a .txt or .jsonl line (20 MB ones are read whole),
+# but not unbounded: an unclosed quote would otherwise read the rest of the file into one field.
 CSV_FIELD_LIMIT = 1 << 25
 
 
@@ -159,8 +164,8 @@ def _csv_header(reader, path) -> list[str]:
     return header
 
 
-def _csv_error(fields: list[str] | None, width: int, text: str) -> str | None:
-    if "\0" in text:
+def _csv_error(fields: list[str] | None, width: int, lines: list[tuple[str, int]]) -> str | None:
+    if any("\0" in line for line, _ in lines):
         return f"malformed csv row: {NUL_IN_LINE}"
     if fields is not None and len(fields) != width:
         return f"malformed csv row: {len(fields)} fields, the header has {width}"
@@ -184,14 +189,13 @@ def _csv_records(path: Path, delimiter: str) -> Iterator[Row]:
             except csv.Error as exc:
                 fields, error = None, f"malformed csv row ({exc})"
             taken = lines.take()
-            text = "".join(line for line, _ in taken)
-            error = error or (None if fields == [] else _csv_error(fields, len(header), text))
+            error = error or (None if fields == [] else _csv_error(fields, len(header), taken))
             if error and delimiter == "\t":
                 # tsv: a field that starts with a quote but is no quoted field ("Great" movie)
-                # is text as it stands, as spreadsheets read it; each of its lines is then a record.
+                # is text as it stands; each line the quote took in is then a record of its own.
                 for offset, (line, bad) in enumerate(taken):
                     literal = line.rstrip("\n").rstrip("\r").split("\t")
-                    error = _csv_error(literal, len(header), line)
+                    error = _csv_error(literal, len(header), [(line, bad)])
                     yield Row(f"{path}:{start + offset}", {} if error else dict(zip(header, literal)), bad, error)
                 continue
             # A broken quote can swallow the lines after it: name them all.
@@ -263,10 +267,14 @@ def _clean_json(record: dict, surrogates: bool) -> int:
     return replaced
 
 
+# One decoder for every line: json.loads with a hook would build a new one per call.
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def parse_json_line(text: str) -> tuple[dict | None, int, str | None]:
     """A jsonl line's object, the lone surrogates replaced in it, and why it is not one (or None)."""
     try:
-        record = json.loads(text, object_pairs_hook=_unique_keys)
+        record = _JSON.decode(text)
     except json.JSONDecodeError as exc:
         return None, 0, f"malformed json line ({exc.msg})"
     except _DuplicateKey as exc:

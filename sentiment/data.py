@@ -5,63 +5,30 @@ extracted folder, or a csv/tsv/jsonl/parquet file with a text and a label column
 Local sources are read once and cached by ``datasets`` under a fingerprint of their
 content, so the second run on the same archive reads no review files.
 
-The row readers here (``iter_rows``) are shared with the batch scorer: every row
-keeps its location (file and line) so errors can say exactly where they are.
+Table files are read row by row with ``readers.iter_rows``, the batch scorer's readers:
+every row keeps its location (file and line) so errors can say exactly where they are.
 """
 from __future__ import annotations
 
-import codecs
-import csv
 import hashlib
-import io
-import json
 import re
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import SentimentError
+from .readers import TABLE_SUFFIXES, Row, decode, iter_rows, not_text
 
 if TYPE_CHECKING:
     import datasets
 
 DEFAULT_DATASET = "stanfordnlp/imdb"
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 # The two classes, by label id: the one home of their names (predictions, metrics, plots).
 LABELS = ("negative", "positive")
 _LABEL_WORDS = {"0": 0, "neg": 0, "negative": 0, "1": 1, "pos": 1, "positive": 1}
 _STANFORD_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$")
 # Bump when the rows a source turns into change, so old caches are not reused.
 _CACHE_VERSION = "1"
-
-
-# --- decoding ------------------------------------------------------------------
-
-# Byte order marks: a file that starts with one is decoded as it says (Windows tools
-# often write UTF-16 with a BOM, and UTF-8 with one); any other file is read as UTF-8.
-BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-
-
-def bom_encoding(start: bytes) -> str | None:
-    """The encoding a byte order mark at the start of a file names, or None without one."""
-    return next((encoding for bom, encoding in BOMS if start.startswith(bom)), None)
-
-
-def decode(raw: bytes) -> tuple[str, int]:
-    """Text (UTF-8, or as a leading BOM says) with undecodable bytes replaced by U+FFFD,
-    and how many were replaced."""
-    encoding = bom_encoding(raw[:4])
-    if encoding is not None:
-        text = raw.decode(encoding, errors="replace")
-        return text, text.count("\ufffd")
-    try:
-        return raw.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        # U+FFFD already in the input is not counted as a replacement.
-        return text, text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
 
 
 def parse_label(value: Any) -> int | None:
@@ -75,156 +42,6 @@ def parse_label(value: Any) -> int | None:
     if isinstance(value, str):
         return _LABEL_WORDS.get(value.strip().lower())
     return None
-
-
-# --- row readers (shared with the batch scorer) ----------------------------------
-
-@dataclass
-class Row:
-    """One input record: where it came from, its fields, and bytes replaced while decoding.
-
-    A record that could not be parsed keeps its place as a row with ``error`` set, so a
-    caller decides whether to stop or carry on; no row is ever skipped unseen.
-    """
-
-    where: str                 # "reviews.csv:12" or "aclImdb/train/pos/3_9.txt"
-    fields: dict[str, Any]
-    undecodable: int = 0
-    error: str | None = None
-
-
-def is_uri(name: str | Path) -> bool:
-    """``s3://bucket/key`` and the like: a file on a filesystem pyarrow knows, not a local path."""
-    return "://" in str(name)
-
-
-def open_binary(path: str | Path) -> io.BufferedReader:
-    """A local file, or a URI on any filesystem pyarrow knows (s3://, gs://, hdfs://, file://), for reading."""
-    if not is_uri(path):
-        return open(path, "rb")
-    import pyarrow.fs
-
-    try:
-        filesystem, inner = pyarrow.fs.FileSystem.from_uri(str(path))
-        return io.BufferedReader(filesystem.open_input_stream(inner))
-    except (OSError, ValueError) as exc:
-        raise SentimentError(f"{path}: cannot open ({str(exc).splitlines()[0]})") from None
-
-
-def decoded_lines(binary: io.BufferedReader) -> Iterator[tuple[str, int]]:
-    """The lines of a binary stream (line ends kept) as text, each with its count of
-    undecodable bytes; a BOM at the start decides the encoding of the whole stream."""
-    encoding = bom_encoding(binary.peek(4)[:4])
-    if encoding is None:
-        for raw in binary:
-            yield decode(raw)
-        return
-    # newline="": a "\r\n" inside a quoted csv field stays as it is.
-    for line in io.TextIOWrapper(binary, encoding=encoding, errors="replace", newline=""):
-        yield line, line.count("\ufffd")
-
-
-def _iter_csv(path: Path, delimiter: str) -> Iterator[Row]:
-    with open_binary(path) as fh:
-        bad = [0]
-
-        def lines() -> Iterator[str]:
-            for text, n in decoded_lines(fh):
-                bad[0] += n
-                yield text
-
-        reader = csv.reader(lines(), delimiter=delimiter, strict=True)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise SentimentError(f"{path}: empty file, expected a header line") from None
-        except csv.Error as exc:
-            raise SentimentError(f"{path}:1: malformed header ({exc})") from None
-        twice = sorted({name for name in header if header.count(name) > 1})
-        if twice:
-            raise SentimentError(f"{path}:1: the header names the column{'s' if len(twice) > 1 else ''} "
-                                 f"{', '.join(map(repr, twice))} more than once; column names must be unique")
-        start = reader.line_num + 1
-        while True:
-            error = None
-            try:
-                record = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                record, error = [], f"malformed csv row ({exc})"
-            if error is None and len(record) != len(header):
-                error = f"malformed csv row: {len(record)} fields, the header has {len(header)}"
-            end = reader.line_num
-            # A broken quote can swallow the lines after it: name them all.
-            where = f"{path}:{start}" if not error or end <= start else f"{path}:{start}-{end}"
-            yield Row(where, {} if error else dict(zip(header, record)), bad[0], error)
-            bad[0] = 0
-            start = reader.line_num + 1
-
-
-def _iter_jsonl(path: Path) -> Iterator[Row]:
-    with open_binary(path) as fh:
-        for line_no, (text, bad) in enumerate(decoded_lines(fh), 1):
-            if not text.strip():
-                continue  # a blank line in jsonl is no record
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield Row(where, {}, bad, f"malformed json line ({exc.msg})")
-                continue
-            if not isinstance(record, dict):
-                yield Row(where, {}, bad, f"expected a json object, got {type(record).__name__}")
-                continue
-            yield Row(where, record, bad)
-
-
-def _iter_parquet(path: Path) -> Iterator[Row]:
-    import pyarrow.parquet as pq
-
-    try:
-        if is_uri(path):
-            import pyarrow.fs
-
-            filesystem, inner = pyarrow.fs.FileSystem.from_uri(str(path))
-            table = pq.ParquetFile(filesystem.open_input_file(inner))
-        else:
-            table = pq.ParquetFile(path)
-    except Exception as exc:
-        raise SentimentError(f"{path}: not a readable parquet file ({exc})") from None
-    row_no = 0
-    for batch in table.iter_batches(batch_size=8192):
-        for record in batch.to_pylist():
-            row_no += 1
-            yield Row(f"{path}:row {row_no}", record)
-
-
-def iter_rows(path: str | Path) -> Iterator[Row]:
-    """Rows of a csv, tsv, jsonl or parquet file (a local path or a URI), streamed, each with its location."""
-    path = path if is_uri(path) else Path(path)
-    suffix = Path(str(path)).suffix.lower()
-    if suffix == ".csv":
-        return _iter_csv(path, ",")
-    if suffix == ".tsv":
-        return _iter_csv(path, "\t")
-    if suffix == ".jsonl":
-        return _iter_jsonl(path)
-    if suffix == ".parquet":
-        return _iter_parquet(path)
-    raise SentimentError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(TABLE_SUFFIXES)}")
-
-
-def not_text(value: Any) -> str | None:
-    """Why a field's value is not a review's text ("a number (5)", "null"), or None for a string."""
-    if isinstance(value, str):
-        return None
-    if value is None:
-        return "null"
-    kind = ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
-            else "an object" if isinstance(value, dict) else "a list" if isinstance(value, (list, tuple))
-            else f"a {type(value).__name__}")
-    return f"{kind} ({json.dumps(value, default=str)[:40]})"
 
 
 def require_column(row: Row, column: str, path: Path, role: str) -> Any:

@@ -21,8 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from .data import is_uri
 from .errors import SentimentError
+from .readers import is_uri
 
 RAY_MISSING = 'the Ray engine needs Ray Data, an optional extra: pip install -e ".[ray]"'
 PREDICTION_COLUMNS = ("prediction", "p_positive", "known_words")

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-from .data import decode, decoded_lines, is_uri, iter_rows, not_text, open_binary
 from .errors import SentimentError
 from .files import check_file_target, clear_tmp_files, write_atomic
 from .options import check_whole
 from .outputs import Output
 from .predict import PRECISIONS, Classifier
+from .readers import NUL_IN_LINE, decode, decoded_lines, is_uri, iter_rows, not_text, open_binary
 
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
 TEXT_COLUMNS = ("text", "review")
@@ -98,8 +98,11 @@ class Record:
 
 
 def _lines(stream: IO[bytes], source: str) -> Iterator[Record]:
-    for line_no, (text, bad) in enumerate(decoded_lines(stream), 1):
-        yield Record(source, str(line_no), text.rstrip("\n").rstrip("\r"), {}, bad)
+    for line_no, (text, bad) in enumerate(decoded_lines(stream, source), 1):
+        if "\0" in text:
+            yield Record(source, str(line_no), None, {}, bad, f"{source}:{line_no}: {NUL_IN_LINE}")
+        else:
+            yield Record(source, str(line_no), text.rstrip("\n").rstrip("\r"), {}, bad)
 
 
 def _folder(path: Path, source: str) -> Iterator[Record]:
@@ -108,7 +111,11 @@ def _folder(path: Path, source: str) -> Iterator[Record]:
         raise SentimentError(f"{path}: a folder input must hold .txt files (one review each); found none")
     for file in files:
         text, bad = decode(file.read_bytes())
-        yield Record(source, file.name, text, {}, bad)
+        if "\0" in text:
+            yield Record(source, file.name, None, {}, bad, f"{source}:{file.name}: {NUL_IN_LINE} (UTF-16 without "
+                         "a byte order mark? save it as UTF-8)")
+        else:
+            yield Record(source, file.name, text, {}, bad)
 
 
 TEXT_COLUMN_HINT = "choose one with --text-column"
@@ -116,7 +123,7 @@ TEXT_COLUMN_HINT = "choose one with --text-column"
 
 def _table(path: Path, text_column: str | None, source: str) -> Iterator[Record]:
     column = text_column
-    first: list[str] | None = None
+    first: set[str] | None = None
     for row in iter_rows(path):
         number = row.where[len(str(path)) + 1:].removeprefix("row ")
         where = f"{source}:{number}"
@@ -130,11 +137,11 @@ def _table(path: Path, text_column: str | None, source: str) -> Iterator[Record]
             if column not in row.fields:
                 raise SentimentError(f"{where}: no text column {column!r} (columns: "
                                      f"{', '.join(map(str, row.fields))}); {TEXT_COLUMN_HINT}")
-            first = [str(c) for c in row.fields]
+            first = set(row.fields)  # column names are text in every format read
         text = None
         if error is None:
             # Later rows are judged against the first: the output's columns are the first row's.
-            added = [str(c) for c in row.fields if str(c) not in first]
+            added = [] if first.issuperset(row.fields) else [c for c in row.fields if c not in first]
             if added:
                 error = (f"{where}: has the field{'s' if len(added) > 1 else ''} {', '.join(map(repr, added))} "
                          f"that the first row does not (the output's columns are the first row's)")
@@ -268,6 +275,7 @@ class OutputRows:
 
     def __init__(self):
         self.columns: list[str] | None = None
+        self.known: set[str] = set()
         self.first_source = ""
         self.names: dict[str, str] = {}
 
@@ -282,22 +290,23 @@ class OutputRows:
             self.names[ours] = _free_name(ours, input_columns)
         n = self.names
         self.columns = [n["source"], n["row"], *input_columns, *(n[c] for c in OUR_COLUMNS[2:])]
+        self.known = set(self.columns)  # a set: a row's columns are checked in time linear in their number
         self.first_source = record.source
 
     def row(self, record: Record, label: str | None, p_positive: float | None,
             known_words: int | None) -> dict[str, Any]:
         if record.error is None:
-            extra = [str(c) for c in record.columns if str(c) not in self.columns]
+            extra = [] if self.known.issuperset(record.columns) else [c for c in record.columns if c not in self.known]
             if extra and record.source == self.first_source:
-                raise SentimentError(f"{record.source}:{record.row}: has columns {', '.join(extra)}, but the "
+                raise SentimentError(f"{record.source}:{record.row}: has columns {', '.join(map(str, extra))}, but the "
                                      f"{HELD_ERROR_ROWS:,} rows before it were error rows, which have none; "
                                      "fix those rows, or see them with --on-error stop")
             if extra:
-                raise SentimentError(f"{record.source}: has columns {', '.join(extra)} that {self.first_source} "
+                raise SentimentError(f"{record.source}: has columns {', '.join(map(str, extra))} that {self.first_source} "
                                      "does not; score inputs with different columns separately")
         n = self.names
-        out = {c: None for c in self.columns}
-        out.update({str(k): v for k, v in record.columns.items()})
+        out = dict.fromkeys(self.columns)
+        out.update(record.columns)
         out.update({n["source"]: record.source, n["row"]: record.row, n["prediction"]: label,
                     n["p_positive"]: p_positive, n["known_words"]: known_words, n["error"]: record.error})
         return out

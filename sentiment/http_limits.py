@@ -111,6 +111,9 @@ class _Exchange:
             await self.take_reader()
         try:
             await self.guard.app(self.scope, self.receive, self.send)
+        except Exception:
+            if not self.refusal:
+                raise  # after a refusal, the application's trouble with the cut body is expected
         finally:
             if self.refusal and not self.answered:
                 await self.answer(*self.refusal)
@@ -198,6 +201,7 @@ class TimedH11Protocol(H11Protocol):
     """
 
     head_timer: asyncio.TimerHandle | None = None
+    head_begun = False  # bytes of a request head have arrived since the timer was armed
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -211,6 +215,7 @@ class TimedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE:
             self._arm_head_timer()
+            self.head_begun = True
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
             self._cancel_head_timer()
@@ -227,13 +232,19 @@ class TimedH11Protocol(H11Protocol):
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
+        self.head_begun = False
 
     def _head_too_slow(self) -> None:
         self.head_timer = None
-        if not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        # A connection that never sent a byte (a browser opens some ahead of need) is
+        # closed silently, as an idle kept-alive one is: an answer there could be taken
+        # for the answer to a request sent at that moment.
+        if self.head_begun:
             self.transport.write(_raw_error(408, "Request Timeout",
                                             f"the request headers did not arrive within {HEAD_TIMEOUT_S:g} s"))
-            self.transport.close()
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         self._cancel_head_timer()

@@ -247,20 +247,25 @@ def _add_routes(api: FastAPI, classifiers: dict[str, Classifier], config: ServeC
         metrics.texts.labels(name).inc(len(results))
         return {"model": name, "results": results}
 
-    @api.api_route(f"{API}/models", methods=["GET", "HEAD"])
+    @api.get(f"{API}/models")
     def models() -> dict:
         """The loaded models: the first is the default of predict and of the page."""
         return {"default": names[0],
                 "models": [model_summary(n, c, i == 0) for i, (n, c) in enumerate(classifiers.items())]}
 
-    @api.api_route("/healthz", methods=["GET", "HEAD"])
+    @api.get("/healthz")
     def healthz() -> dict:
         """Ready to answer: every model is loaded."""
         return {"status": "ok", "models": names}
 
-    @api.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
+    @api.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
         return Response(metrics.text(), media_type=metrics.prom.CONTENT_TYPE_LATEST)
+
+    # HEAD: the same answer, whose body the server leaves out (kept out of the schema,
+    # where a second operation of one function would be a duplicate).
+    for path, endpoint in ((f"{API}/models", models), ("/healthz", healthz), ("/metrics", prometheus)):
+        api.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
 
 def cors_origins(value: str | None) -> list[str]:

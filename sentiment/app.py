@@ -105,6 +105,9 @@ class ServeConfig:
         "help": "auto: bfloat16 where the CPU/GPU has it, else float32", "choices": PRECISIONS})
     concurrency: int = field(default=4, metadata={"help": "requests computed at once; the rest wait in a queue",
                                                   "metavar": "N"})
+    cors_origin: str | None = field(default=None, metadata={
+        "help": "web pages allowed to call the server from a browser, as origins separated by commas "
+                "(such as https://example.org,http://localhost:3000); none by default", "metavar": "ORIGINS"})
 
     def __post_init__(self):
         check_whole(self, ("port", "max_chars", "max_upload_mb", "max_batch", "max_rows", "concurrency"))

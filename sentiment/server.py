@@ -9,31 +9,53 @@
 
 The models are loaded once and shared by page and API, and so is one gate that bounds
 the model computations running at once (``--concurrency``). Every request body is capped
-(``--max-upload-mb``) before it is read, page uploads included.
+(``--max-upload-mb``) before it is read, page uploads included, and clients that send
+slowly or too much are cut off (``http_limits``).
 """
-import json
+import re
+import signal
 import threading
 import time
 from typing import Literal
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from starlette.exceptions import HTTPException
 
 from .app import ServeConfig, build_app
 from .data import LABELS
 from .errors import SentimentError
+from .http_limits import Guard, server_config
 from .predict import Classifier
 
 API = "/api/v1"
-ROUTES = {f"{API}/predict": "POST", f"{API}/models": "GET", "/healthz": "GET", "/metrics": "GET"}
+# Each endpoint's methods; a GET also answers HEAD (the same headers, no body).
+ROUTES = {f"{API}/predict": ("POST",), f"{API}/models": ("GET", "HEAD"), "/healthz": ("GET", "HEAD"),
+          "/metrics": ("GET", "HEAD")}
+EVERY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # Gradio keeps each session's component values, and every API call is a new session:
 # the default capacity of 10,000 sessions let memory grow by gigabytes.
 SESSION_CAPACITY = 100
 # A multipart upload carries some bytes of framing beside the file itself.
 BODY_SLACK = 64 * 1024
 LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# A JSON string may hold half of a UTF-16 pair ("\ud800"), which is no character and which
+# the tokenizer cannot take: it is read as U+FFFD, as an undecodable byte is in a file.
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _whole_characters(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (checked in C first: a regular
+    expression over a long text costs a fraction of a second)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return LONE_SURROGATE.sub("\ufffd", text)
+    return text
 
 
 class ApiError(Exception):
@@ -53,7 +75,8 @@ def model_summary(name: str, clf: Classifier, default: bool) -> dict:
     c = clf.config
     metrics = {split: {k: v for k, v in m.items() if k != "confusion_matrix"}
                for split, m in (c.get("metrics") or {}).items() if isinstance(m, dict)}
-    return {"name": name, "default": default, "kind": c["model"]["kind"], "path": clf.path,
+    # No path: where the server keeps its files is none of a client's business.
+    return {"name": name, "default": default, "kind": c["model"]["kind"],
             "version": model_version(clf), "vocab_size": c["text"]["vocab_size"], "max_len": c["text"]["max_len"],
             "truncate": c["text"]["truncate"], "embedding_dim": c["model"]["embedding_dim"],
             "hidden_size": c["model"]["hidden_size"], "num_layers": c["model"]["num_layers"],
@@ -79,10 +102,11 @@ class _Metrics:
                                   registry=self.registry)
         info = prom.Info("sentiment_model", "the loaded models", ["name"], registry=self.registry)
         for name, clf in classifiers.items():
-            info.labels(name=name).info({"kind": clf.config["model"]["kind"], "version": model_version(clf),
-                                         "path": str(clf.path)})
+            info.labels(name=name).info({"kind": clf.config["model"]["kind"], "version": model_version(clf)})
 
-    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        endpoint = path if path in ROUTES or path in ("/docs", "/openapi.json") else (
+            "api-unknown" if path.startswith(API) else "page")
         self.requests.labels(endpoint, str(status)).inc()
         if status >= 400:
             self.errors.labels(endpoint, str(status)).inc()
@@ -92,72 +116,6 @@ class _Metrics:
         return self.prom.generate_latest(self.registry)
 
 
-class _Guard:
-    """ASGI middleware: caps every request body, and times and counts every request.
-
-    A body that says its length is refused before any of it is read. One sent in chunks
-    is counted as it arrives; past the cap the application sees the body end there, and
-    whatever it answers is replaced by the 413.
-    """
-
-    def __init__(self, app, limit: int, metrics: _Metrics):
-        self.app, self.limit, self.metrics = app, limit, metrics
-
-    def _too_large(self) -> tuple[dict, dict]:
-        body = json.dumps({"error": f"request body over the limit of {self.limit - BODY_SLACK:,} bytes "
-                                    "(--max-upload-mb)"}).encode()
-        return ({"type": "http.response.start", "status": 413,
-                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                             (b"connection", b"close")]},
-                {"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        endpoint = path if path in ROUTES or path in ("/docs", "/openapi.json") else (
-            "api-unknown" if path.startswith(API) else "page")
-        started = time.perf_counter()
-        status = 500
-        try:
-            length = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
-                start, body = self._too_large()
-                status = 413
-                await send(start)
-                await send(body)
-                return
-            seen, over = 0, False
-
-            async def receiving():
-                nonlocal seen, over
-                if over:
-                    return {"type": "http.disconnect"}
-                message = await receive()
-                if message["type"] == "http.request":
-                    seen += len(message.get("body", b""))
-                    if seen > self.limit:
-                        over = True
-                        return {"type": "http.request", "body": b"", "more_body": False}
-                return message
-
-            async def sending(message):
-                nonlocal status
-                if over:
-                    return  # the 413 goes out instead, below
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
-            await self.app(scope, receiving, sending)
-            if over:
-                status = 413
-                for message in self._too_large():
-                    await send(message)
-        finally:
-            self.metrics.observe(endpoint, status, time.perf_counter() - started)
-
-
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"texts": ["A moving, beautifully acted film.", "Dull and far too long."]}]})
@@ -165,6 +123,12 @@ class PredictRequest(BaseModel):
                                                "--max-chars characters each), scored as one batch")
     model: StrictStr | None = Field(None, description=f"a loaded model's name (default: the first); "
                                                       f"GET {API}/models lists them")
+
+    @field_validator("texts")
+    @classmethod
+    def _characters(cls, texts: list[str]) -> list[str]:
+        # isascii inline: one function call per text would cost a second on a million texts.
+        return [text if text.isascii() else _whole_characters(text) for text in texts]
 
 
 class Result(BaseModel):
@@ -203,16 +167,18 @@ def _where(loc) -> str:
     return out or "body"
 
 
-def build_server(classifiers: dict[str, Classifier], config: ServeConfig | None = None):
-    """The FastAPI application: JSON API routes, then the page mounted at ``/``."""
-    import gradio as gr
+def _body_problem(exc: HTTPException) -> str:
+    """What FastAPI's "error parsing the body" was, from the exception behind it."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"body: not UTF-8 (byte {cause.start}: {cause.reason})"
+    if isinstance(cause, RecursionError):
+        return "body: JSON nested too deeply"
+    return f"body: {exc.detail}" if exc.status_code == 400 else str(exc.detail)
 
-    config = config or ServeConfig()
-    names = list(classifiers)
-    gate = threading.BoundedSemaphore(config.concurrency)
-    metrics = _Metrics(classifiers)
-    api = FastAPI(title="sentiment", version=_version(),
-                  description="Sentiment of English movie reviews with recurrent networks. The web page is at /.")
+
+def _add_error_answers(api: FastAPI) -> None:
+    """Every error of the API as ``{"error": ...}``, whoever raised it."""
 
     @api.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -224,6 +190,41 @@ def build_server(classifiers: dict[str, Classifier], config: ServeConfig | None 
         problems = [f"{d['where']}: {d['problem']}" for d in detail]
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         return JSONResponse({"error": "; ".join(problems[:5]) + more, "detail": detail[:100]}, status_code=422)
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": _body_problem(exc)}, status_code=exc.status_code, headers=exc.headers)
+
+    @api.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        # Starlette logs the traceback after this answer.
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has the details"},
+                            status_code=500)
+
+
+def _add_method_answers(api: FastAPI) -> None:
+    """OPTIONS, a wrong method, and an unknown path under the API, answered in JSON."""
+
+    def other_method(request: Request):
+        path = request.url.path
+        allow = ", ".join((*ROUTES[path], "OPTIONS"))
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": allow})
+        return JSONResponse({"error": f"{path} takes {' or '.join(ROUTES[path])}, not {request.method}"},
+                            status_code=405, headers={"Allow": allow})
+
+    for path, methods in ROUTES.items():
+        api.add_api_route(path, other_method, methods=[m for m in EVERY_METHOD if m not in methods],
+                          include_in_schema=False)
+
+    @api.api_route(API + "/{rest:path}", methods=list(EVERY_METHOD), include_in_schema=False)
+    def unknown(rest: str):
+        return JSONResponse({"error": f"no endpoint {API}/{rest}; the API has {', '.join(ROUTES)}"},
+                            status_code=404)
+
+
+def _add_routes(api: FastAPI, classifiers: dict[str, Classifier], config: ServeConfig, gate, metrics: _Metrics):
+    names = list(classifiers)
 
     @api.post(f"{API}/predict", response_model=PredictResponse,
               responses={413: {"description": "too many texts, or a text or body too long"},
@@ -261,19 +262,50 @@ def build_server(classifiers: dict[str, Classifier], config: ServeConfig | None 
     def prometheus() -> Response:
         return Response(metrics.text(), media_type=metrics.prom.CONTENT_TYPE_LATEST)
 
-    @api.api_route(API + "/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    def unknown(rest: str, request: Request):
-        path = f"{API}/{rest}"
-        if path in ROUTES:
-            return JSONResponse({"error": f"{path} takes {ROUTES[path]}, not {request.method}"}, status_code=405,
-                                headers={"Allow": ROUTES[path]})
-        return JSONResponse({"error": f"no endpoint {path}; the API has {', '.join(ROUTES)}"}, status_code=404)
+    # HEAD: the same answer, whose body the server leaves out (kept out of the schema,
+    # where a second operation of one function would be a duplicate).
+    for path, endpoint in ((f"{API}/models", models), ("/healthz", healthz), ("/metrics", prometheus)):
+        api.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
+
+def cors_origins(value: str | None) -> list[str]:
+    """``--cors-origin`` as a list: web pages of these origins may call the API from a browser."""
+    origins = [o.strip() for o in (value or "").split(",") if o.strip()]
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path
+                              or parts.query or parts.fragment or parts.username):
+            raise SentimentError(f"--cors-origin: {origin!r} is not an origin such as https://example.org or "
+                                 "http://localhost:3000 (scheme, host and port only; * for any)")
+    return origins
+
+
+def build_server(classifiers: dict[str, Classifier], config: ServeConfig | None = None):
+    """The FastAPI application: JSON API routes, then the page mounted at ``/``."""
+    import gradio as gr
+    from starlette.middleware.cors import CORSMiddleware
+
+    config = config or ServeConfig()
+    gate = threading.BoundedSemaphore(config.concurrency)
+    metrics = _Metrics(classifiers)
+    api = FastAPI(title="sentiment", version=_version(),
+                  description="Sentiment of English movie reviews with recurrent networks. The web page is at /.")
+    _add_error_answers(api)
+    _add_routes(api, classifiers, config, gate, metrics)
+    _add_method_answers(api)
     demo = build_app(classifiers, config, gate)
     demo.state_session_capacity = SESSION_CAPACITY
     gr.mount_gradio_app(api, demo, path="/", server_name=config.host, server_port=config.port, ssr_mode=False,
                         max_file_size=f"{config.max_upload_mb}mb", footer_links=["api", "settings"])
-    api.add_middleware(_Guard, limit=config.max_upload_mb * 1024 * 1024 + BODY_SLACK, metrics=metrics)
+    # Only the origins the user names may read answers from a browser. Gradio's own rule
+    # (any localhost page when serving on 127.0.0.1, any page at all on other addresses)
+    # steps aside when the application has this middleware.
+    api.add_middleware(CORSMiddleware, allow_origins=cors_origins(config.cors_origin),
+                       allow_methods=list(EVERY_METHOD), allow_headers=["content-type"])
+    limit = config.max_upload_mb * 1024 * 1024 + BODY_SLACK
+    api.add_middleware(Guard, limit=limit, readers=config.concurrency, observe=metrics.observe,
+                       cap=f"request body over the limit of {limit - BODY_SLACK:,} bytes (--max-upload-mb)",
+                       json_errors=lambda path: path in ROUTES or path.startswith(API + "/"))
     return api
 
 
@@ -290,14 +322,25 @@ def load_models(paths: list[str], precision: str = "float32") -> dict[str, Class
     return {name: load_bundle(path, precision=precision) for name, path in zip(model_names(paths), paths)}
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_address(host: str, port: int) -> None:
+    """Fail before the models load when the server could not listen on ``host:port``."""
+    import errno
     import socket
 
-    with socket.socket() as probe:
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise SentimentError(f"--host {host}: not an IP address or a known host name "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
+    with socket.socket(family) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server itself binds
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise SentimentError(f"--host {host}: not an address of this machine ({exc.strerror}); "
+                                     "127.0.0.1 serves this machine only, 0.0.0.0 every network") from None
             raise SentimentError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from None
 
 
@@ -316,13 +359,29 @@ def _share(server, config: ServeConfig) -> None:
         print(f"no public link: {exc}", flush=True)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a service manager's stop) ends the server as Ctrl-C does, with exit status 0.
+
+    uvicorn stops gracefully on either signal and then raises it again; SIGTERM's default
+    action would then kill the process before its exit handlers remove the page's
+    temporary files. Raising SystemExit instead runs them.
+    """
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def launch(config: ServeConfig) -> None:
     import gc
 
     import torch
     import uvicorn
 
-    _check_port(config.host, config.port)
+    _stop_on_sigterm()
+    cors_origins(config.cors_origin)  # a bad value fails before the models load
+    _check_address(config.host, config.port)
     # Requests run on worker threads. Two-thread torch ops started from several threads
     # keep more OpenMP threads than there are cores, and then each of the RNN's per-step
     # parallel regions waits to wake a sleeping thread, several times the work itself
@@ -336,8 +395,7 @@ def launch(config: ServeConfig) -> None:
     # collector's full passes, which otherwise pause every request now and then.
     gc.collect()
     gc.freeze()
-    server = uvicorn.Server(uvicorn.Config(api, host=config.host, port=config.port, log_level="warning",
-                                           access_log=False))
+    server = uvicorn.Server(server_config(api, config.host, config.port))
     if config.share:
         threading.Thread(target=_share, args=(server, config), daemon=True).start()
     print(f"serving {', '.join(f'{n} ({c.path})' for n, c in classifiers.items())} on "

@@ -106,7 +106,7 @@ def test_bodies_over_the_limit_are_refused_before_they_are_read(http):
 def test_wrong_method_and_unknown_endpoint(http):
     response = http.get("api/v1/predict")
     assert _status_and_error(response) == (405, "/api/v1/predict takes POST, not GET")
-    assert response.headers["allow"] == "POST"
+    assert response.headers["allow"] == "POST, OPTIONS"
     assert _status_and_error(http.get("api/v1/predictions"))[0] == 404
 
 

@@ -138,6 +138,10 @@ class CtrlC:
 CTRL_C = CtrlC()
 
 
+class Reported(KeyboardInterrupt):
+    """Ctrl-C whose consequences (what was saved, how to go on) the user has been told."""
+
+
 def run_epoch(model: nn.Module, optimizer, schedule, encoded, labels: np.ndarray | None, order: np.ndarray,
               batch_size: int, grad_clip: float, device, bar=None, world: int = 1,
               dtype: torch.dtype = torch.float32, average: WeightAverage | None = None,

@@ -103,7 +103,7 @@ def train(config: TrainConfig, resume: str | None = None, typed: dict | None = N
         kind = device_kind(config.device)
         procs = Processes.start(kind)
     except KeyboardInterrupt:
-        _interrupted_at_start(main_process)
+        _interrupted_at_start(main_process, resume)
     try:
         with CTRL_C.watching():
             return _train(config, procs, kind, checkpoint, resume)
@@ -111,8 +111,11 @@ def train(config: TrainConfig, resume: str | None = None, typed: dict | None = N
         procs.close()
 
 
-def _interrupted_at_start(main_process: bool):
-    if main_process:
+def _interrupted_at_start(main_process: bool, resume: str | None):
+    if main_process and resume:
+        print(f"\ninterrupted before training went on: {resume} is as it was; the same command continues it",
+              file=sys.stderr)
+    elif main_process:
         print("\ninterrupted before training began: nothing to resume; the same command starts the run again",
               file=sys.stderr)
     raise Reported from None
@@ -214,7 +217,7 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
             texts = list(train_rows["text"]) + ([] if unlabelled is None else list(unlabelled["text"]))
             lm_encoded = encoder.encode(texts)
     except KeyboardInterrupt:
-        _interrupted_at_start(procs.main)
+        _interrupted_at_start(procs.main, resume)
     if pretraining:
         _language_model(run, model, lm_encoded, len(train_rows), lm_checkpoint)
     progress = _classifier(run, model, encoder, data, classifier_checkpoint)

@@ -49,6 +49,8 @@ def _front_matter(config: dict) -> str:
 
 
 def _figures(config: dict) -> list[str]:
+    import math
+
     metrics = config.get("metrics") or {}
     splits = [(name, m) for name, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
     if not splits:
@@ -58,8 +60,10 @@ def _figures(config: dict) -> list[str]:
             "|---|---|" + "---|" * len(shown)]
     for name, m in splits:
         n = f"{m['n']:,}" if isinstance(m.get("n"), int) else "?"
-        cells = [("not measured" if key not in m else f"{m[key]:.2%}" if key == "accuracy" else f"{m[key]:.4f}")
-                 for key, _ in shown]
+        # A figure a split cannot define is recorded as null (ROC-AUC of reviews of one class).
+        defined = {key: isinstance(value, (int, float)) and math.isfinite(value) for key, value in m.items()}
+        cells = [("not measured" if key not in m else "n/a" if not defined[key]
+                  else f"{m[key]:.2%}" if key == "accuracy" else f"{m[key]:.4f}") for key, _ in shown]
         label = name if name != "short_text" else f"short reviews: {m['data']}" if m.get("data") else "short reviews"
         rows.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     calibration = config.get("calibration")

@@ -22,8 +22,10 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
+    from .recipes import typed_options
+
     config = from_args(TrainConfig, args)
-    train(config, resume=args.resume)
+    train(config, resume=args.resume, typed=typed_options(args.argv) if args.resume else None)
     return 0
 
 
@@ -252,7 +254,12 @@ def _run_parsed(parser: Callable[[], argparse.ArgumentParser], argv: Sequence[st
                 command: Callable[[argparse.Namespace], int]) -> int:
     # Parsing is inside run(): building a command's options imports its modules (torch among
     # them), and a Ctrl-C there is a Ctrl-C like any other.
-    return run(lambda: command(parser().parse_args(argv)))
+    def parsed() -> argparse.Namespace:
+        args = parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # what was typed, defaults apart
+        return args
+
+    return run(lambda: command(parsed()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

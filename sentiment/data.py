@@ -27,6 +27,9 @@ DEFAULT_DATASET = "stanfordnlp/imdb"
 LABELS = ("negative", "positive")
 _LABEL_WORDS = {"0": 0, "neg": 0, "negative": 0, "1": 1, "pos": 1, "positive": 1}
 _STANFORD_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$")
+# Half of a UTF-16 pair with no other half: a json escape ("\ud800") can spell one, but no
+# UTF-8 text (and so no datasets cache) can hold it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Bump when the rows a source turns into change, so old caches are not reused.
 _CACHE_VERSION = "1"
 
@@ -64,7 +67,8 @@ def _labelled_records(path: Path, text_column: str, label_column: str) -> Iterat
         if label is None:
             unknown.setdefault(repr(row.fields[label_column]), row.where)
             continue
-        yield {"text": "" if text is None else str(text), "label": label, "undecodable": row.undecodable}
+        text, surrogates = _LONE_SURROGATE.subn("\ufffd", "" if text is None else str(text))
+        yield {"text": text, "label": label, "undecodable": row.undecodable + surrogates}
     if unknown:
         shown = "; ".join(f"{v} at {w}" for v, w in list(unknown.items())[:5])
         more = f" (and {len(unknown) - 5} more values)" if len(unknown) > 5 else ""
@@ -284,6 +288,7 @@ def undecodable_report(splits: "datasets.DatasetDict") -> str | None:
     if not counts:
         return None
     parts = ", ".join(f"{name}: {t} bytes in {r} reviews" for name, (t, r) in counts.items())
+    # A lone surrogate of a json escape counts as one byte here: it is as unreadable.
     return f"note: undecodable bytes were replaced with U+FFFD ({parts})"
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import data as data_module
 from .errors import SentimentError
@@ -174,4 +175,48 @@ class TrainConfig:
                            word_dropout=self.word_dropout)
 
 
-# --- processes -------------------------------------------------------------------
+# --- resuming ----------------------------------------------------------------------
+
+# What may differ when a run continues: where it computes and where the datasets cache lives
+# change nothing a run learns (a CPU run continued on a GPU is close, not bit-identical).
+CHANGEABLE_ON_RESUME = ("device", "cache_dir")
+
+
+def typed_options(argv: list[str]) -> dict:
+    """The options of ``TrainConfig`` typed in ``argv``, with their values; defaults left out.
+
+    A parsed ``TrainConfig`` cannot tell ``--seed 0`` typed from the default seed 0, so the
+    command line is read again with no defaults."""
+    import argparse
+
+    from .options import add_options
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_options(parser, TrainConfig)
+    parser.add_argument("--resume")
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    known, _ = parser.parse_known_args(argv)
+    return {name: value for name, value in vars(known).items() if name != "resume"}
+
+
+def resumed_config(recorded: dict, typed: dict, run_dir: Path) -> TrainConfig:
+    """The recorded options of the run in ``run_dir``, with the typed ones that may change;
+    any other typed option that differs is refused, naming it, rather than ignored."""
+    from .options import option_name
+
+    changed = {}
+    for name, value in typed.items():
+        was = recorded.get(name)
+        if name == "out" and value is not None and Path(value).resolve() == run_dir.resolve():
+            continue
+        if name not in CHANGEABLE_ON_RESUME and value != was:
+            changed[name] = (was, value)
+    if changed:
+        shown = "; ".join(f"{option_name(name)} was {'unset' if was is None else was}, now {value}"
+                          for name, (was, value) in changed.items())
+        raise SentimentError(f"--resume {run_dir} continues the run as it was started, with its recorded options: "
+                             f"{shown} (only {' and '.join(map(option_name, CHANGEABLE_ON_RESUME))} may change; "
+                             "to train differently, start a new run with another --out)")
+    return TrainConfig(**{**recorded, **{name: typed[name] for name in CHANGEABLE_ON_RESUME if name in typed}})
+

@@ -31,16 +31,16 @@ from . import data as data_module
 from .bundle import load_bundle, save_bundle
 from .distributed import Processes, deal_out, device_kind, gather_rng
 from .errors import Interrupted, SentimentError
-from .files import write_text_atomic
+from .files import write_atomic, write_text_atomic
 from .loop import (CTRL_C, WeightAverage, adversarial_perturbation, cpu_copy, epoch_order,  # noqa: F401 (re-exported)
                    evaluate, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
 from .metrics import format_table
 from .models import SentimentRNN
 from .predict import uncalibrated
 from .pretrain import LM_WEIGHTS, load_lm_into, pretrain, save_lm
-from .recipes import TrainConfig
-from .runs import (CHECKPOINT, check_run_folder, clear_run_leftovers, default_out, load_checkpoint, plot_history,
-                   save_checkpoint, versions)
+from .recipes import TrainConfig, resumed_config
+from .runs import (CHECKPOINT, TOKENIZER, check_run_folder, clear_run_leftovers, default_out, load_checkpoint,
+                   plot_history, save_checkpoint, versions, writing)
 from .text import MOST_SENTENCES, TextEncoder, excerpts, train_tokenizer
 
 # The loop's pieces are imported from here by older code and tests too.
@@ -82,25 +82,41 @@ def prepare_data(config: TrainConfig, procs: Processes):
     return train, validation, test, splits.get("unsup")
 
 
-def train(config: TrainConfig, resume: str | None = None) -> Path:
-    """Train per ``config`` (or continue the run in ``resume``) and return the bundle's folder."""
+def train(config: TrainConfig, resume: str | None = None, typed: dict | None = None) -> Path:
+    """Train per ``config`` (or continue the run in ``resume``) and return the bundle's folder.
+
+    ``typed``: the options typed on the command line with ``resume`` (the command line's own reading);
+    only those that may change on resume are taken, any other that differs is refused."""
     checkpoint = None
     main_process = int(os.environ.get("RANK", "0")) == 0
-    if resume:
-        run_dir = Path(resume)
-        checkpoint = load_checkpoint(run_dir)
-        config = TrainConfig(**checkpoint["config"])
-        if main_process:
-            clear_run_leftovers(run_dir)
-    elif config.out and main_process:
-        check_run_folder(config.out)
-    kind = device_kind(config.device)
-    procs = Processes.start(kind)
+    try:
+        if resume:
+            run_dir = Path(resume)
+            checkpoint = load_checkpoint(run_dir)
+            config = resumed_config(checkpoint["config"], typed or {}, run_dir)
+            if main_process:
+                clear_run_leftovers(run_dir)
+        elif config.out and main_process:
+            check_run_folder(config.out)
+        kind = device_kind(config.device)
+        procs = Processes.start(kind)
+    except KeyboardInterrupt:
+        _interrupted_at_start(main_process, resume)
     try:
         with CTRL_C.watching():
             return _train(config, procs, kind, checkpoint, resume)
     finally:
         procs.close()
+
+
+def _interrupted_at_start(main_process: bool, resume: str | None):
+    if main_process and resume:
+        print(f"\ninterrupted before training went on: {resume} is as it was; the same command continues it",
+              file=sys.stderr)
+    elif main_process:
+        print("\ninterrupted before training began: nothing to resume; the same command starts the run again",
+              file=sys.stderr)
+    raise Interrupted from None
 
 
 @dataclass
@@ -154,60 +170,98 @@ def _start(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
 
 
 def _encoder(run: Run, train_rows) -> TextEncoder:
+    """The run's tokenizer: its own on resume, the one its pretrained weights learned with, or a new one."""
     config = run.config
     if run.checkpoint is not None:
-        encoder = TextEncoder.load(run.folder / "tokenizer.json", config.max_len, config.truncate)
-    elif config.init_from or config.finetune_from:
+        return TextEncoder.load(run.folder / TOKENIZER, config.max_len, config.truncate)
+    if config.init_from or config.finetune_from:
         # The pretrained embedding rows only mean something with the vocabulary they learned.
-        encoder = TextEncoder.load(Path(config.init_from or config.finetune_from) / "tokenizer.json", config.max_len,
-                                   config.truncate)
-    else:
-        # Every rank learns the same vocabulary from the same rows; no file exchange needed.
-        tokenizer = train_tokenizer(iter(train_rows["text"]), config.vocab_size, length=len(train_rows))
-        encoder = TextEncoder(tokenizer, config.max_len, config.truncate)
-    if run.procs.main:
-        run.folder.mkdir(parents=True, exist_ok=True)
-        encoder.save(run.folder / "tokenizer.json")
-    return encoder
+        return TextEncoder.load(Path(config.init_from or config.finetune_from) / TOKENIZER, config.max_len,
+                                config.truncate)
+    # Every rank learns the same vocabulary from the same rows; no file exchange needed.
+    tokenizer = train_tokenizer(iter(train_rows["text"]), config.vocab_size, length=len(train_rows))
+    return TextEncoder(tokenizer, config.max_len, config.truncate)
 
 
 def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | None,
            resume: str | None) -> Path:
-    run = _start(config, procs, kind, checkpoint, resume)
     # A run cut during --pretrain lm left a checkpoint of the language-model stage; any
     # other checkpoint is the classifier's (which then starts from it, not afresh).
     lm_checkpoint = checkpoint if checkpoint is not None and checkpoint.get("stage") == "lm" else None
     classifier_checkpoint = checkpoint if lm_checkpoint is None else None
-    train_rows, val_rows, test_rows, unlabelled = prepare_data(config, procs)
-    encoder = _encoder(run, train_rows)
-    train_encoded, train_labels = encoder.encode(train_rows["text"]), np.asarray(train_rows["label"], dtype=np.int64)
-    if config.excerpts:
-        short, short_labels = excerpts(train_rows["text"], train_labels, config.seed, config.excerpts)
-        train_encoded, train_labels = train_encoded + encoder.encode(short), np.concatenate([train_labels, short_labels])
-        run.say(f"excerpts: {len(short)} of 1-{MOST_SENTENCES} sentences added to the training rows")
-    data = Data(train_encoded, train_labels, encoder.encode(val_rows["text"]), np.asarray(val_rows["label"], dtype=np.int64))
-    run.say(f"data: {len(data.train_labels)} train, {len(data.val_labels)} validation, "
-            f"{0 if test_rows is None else len(test_rows)} test reviews; vocabulary {encoder.vocab_size} tokens; "
-            f"device {run.device}{f' x {procs.world} processes' if procs.world > 1 else ''}; run folder {run.folder}")
-
-    torch.manual_seed(config.seed)
-    model = SentimentRNN(config.model_config(encoder.vocab_size)).to(run.device)
-    if checkpoint is None and config.finetune_from:
-        model.load_state_dict(load_bundle(config.finetune_from).model.float().state_dict())
-        run.say(f"weights from {config.finetune_from}")
-    elif checkpoint is None and config.init_from:
-        load_lm_into(model, Path(config.init_from))
-        run.say(f"embedding and encoder initialised from {Path(config.init_from) / LM_WEIGHTS}")
-    elif config.pretrain == "lm" and classifier_checkpoint is None:
-        texts = list(train_rows["text"]) + ([] if unlabelled is None else list(unlabelled["text"]))
-        _language_model(run, model, encoder.encode(texts), len(train_rows), lm_checkpoint)
+    try:
+        run = _start(config, procs, kind, checkpoint, resume)
+        train_rows, val_rows, test_rows, unlabelled = prepare_data(config, procs)
+        encoder = _encoder(run, train_rows)
+        data = _encode(run, encoder, train_rows, val_rows)
+        if procs.main and checkpoint is None:
+            run.folder.mkdir(parents=True, exist_ok=True)
+            with writing(run.folder / TOKENIZER, run.folder):
+                write_atomic(run.folder / TOKENIZER, encoder.save)
+        run.say(f"data: {len(data.train_labels)} train, {len(data.val_labels)} validation, "
+                f"{0 if test_rows is None else len(test_rows)} test reviews; vocabulary {encoder.vocab_size} tokens; "
+                f"device {run.device}{f' x {procs.world} processes' if procs.world > 1 else ''}; "
+                f"run folder {run.folder}")
+        torch.manual_seed(config.seed)
+        model = SentimentRNN(config.model_config(encoder.vocab_size)).to(run.device)
+        if checkpoint is None and config.finetune_from:
+            model.load_state_dict(load_bundle(config.finetune_from).model.float().state_dict())
+            run.say(f"weights from {config.finetune_from}")
+        elif checkpoint is None and config.init_from:
+            load_lm_into(model, Path(config.init_from))
+            run.say(f"embedding and encoder initialised from {Path(config.init_from) / LM_WEIGHTS}")
+        pretraining = config.pretrain == "lm" and classifier_checkpoint is None
+        if pretraining:
+            texts = list(train_rows["text"]) + ([] if unlabelled is None else list(unlabelled["text"]))
+            lm_encoded = encoder.encode(texts)
+    except KeyboardInterrupt:
+        _interrupted_at_start(procs.main, resume)
+    if pretraining:
+        _language_model(run, model, lm_encoded, len(train_rows), lm_checkpoint)
     progress = _classifier(run, model, encoder, data, classifier_checkpoint)
     if procs.main:
-        _finish(run, model, encoder, data, progress, val_rows, test_rows)
+        try:
+            _finish(run, model, encoder, data, progress, val_rows, test_rows)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted while measuring the best model (epoch {progress.best['epoch']}): it is in "
+                  f"{run.folder} without its final metrics; `python train.py --resume {run.folder}` measures it",
+                  file=sys.stderr)
+            raise Interrupted from None
     # Every rank ends together: none tears the process group down while rank 0 still
     # computes the final metrics (a rank that left early was seen to abort under load).
     procs.barrier()
     return run.folder
+
+
+def _encode(run: Run, encoder: TextEncoder, train_rows, val_rows) -> "Data":
+    """The training and validation rows as ids, once the training rows are known to hold words."""
+    config = run.config
+    train_encoded, train_labels = encoder.encode(train_rows["text"]), np.asarray(train_rows["label"], dtype=np.int64)
+    val_encoded, val_labels = encoder.encode(val_rows["text"]), np.asarray(val_rows["label"], dtype=np.int64)
+    _check_words(run, train_encoded + val_encoded, np.concatenate([train_labels, val_labels]))
+    if config.excerpts:
+        short, short_labels = excerpts(train_rows["text"], train_labels, config.seed, config.excerpts)
+        train_encoded = train_encoded + encoder.encode(short)
+        train_labels = np.concatenate([train_labels, short_labels])
+        run.say(f"excerpts: {len(short)} of 1-{MOST_SENTENCES} sentences added to the training rows")
+    return Data(train_encoded, train_labels, val_encoded, val_labels)
+
+
+def _check_words(run: Run, encoded, labels: np.ndarray) -> None:
+    """A classifier learns from words: training rows of a class that hold none (empty, or
+    punctuation alone) give it nothing to tell that class by, and it would only learn the
+    share of each class."""
+    wordless = encoded.total == 0
+    if not wordless.any():
+        return
+    counts = ", ".join(f"{data_module.LABELS[c]}: {int(wordless[labels == c].sum())} of {int((labels == c).sum())}"
+                       for c in (0, 1))
+    if any(wordless[labels == c].all() for c in (0, 1)):
+        raise SentimentError(f"{run.config.data}: no words to learn: {int(wordless.sum())} of {len(labels)} training "
+                             f"rows are empty or hold no words ({counts}); a classifier needs reviews with words "
+                             "in both classes")
+    run.say(f"note: {int(wordless.sum())} of {len(labels)} training rows are empty or hold no words ({counts}); "
+            "they are trained on as empty reviews", file=sys.stderr)
 
 
 @dataclass
@@ -257,16 +311,14 @@ def _save_best(run: Run, model: SentimentRNN, encoder: TextEncoder, progress: Pr
                finished: bool) -> None:
     final_model = SentimentRNN(model.config)
     final_model.load_state_dict(progress.best_state)
-    save_bundle(run.folder, final_model, encoder, {**run.record, **metrics,
-                                                   "trained": {"best_epoch": progress.best["epoch"],
-                                                               "epochs_run": len(progress.history),
-                                                               "finished": finished,
-                                                               "wall_time_s": round(run.wall_time(), 1),
-                                                               # CPU wall time depends on these.
-                                                               "torch_threads": torch.get_num_threads(),
-                                                               "date": datetime.now(timezone.utc).isoformat(
-                                                                   timespec="seconds")}},
-                weights_dtype=run.config.weights_dtype)
+    trained = {"best_epoch": progress.best["epoch"], "epochs_run": len(progress.history), "finished": finished,
+               "wall_time_s": round(run.wall_time(), 1),
+               # CPU wall time depends on these.
+               "torch_threads": torch.get_num_threads(),
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with writing(run.folder, run.folder, " (the bundle)"):
+        save_bundle(run.folder, final_model, encoder, {**run.record, **metrics, "trained": trained},
+                    weights_dtype=run.config.weights_dtype)
 
 
 def _classifier(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data, saved: dict | None) -> Progress:
@@ -357,7 +409,8 @@ def _epoch(run: Run, stage, model: SentimentRNN, encoder: TextEncoder, data: Dat
                          **({"ema": average.state_dict()} if average is not None else {})})
     if procs.main:
         plot_history(progress.history, run.folder / "curves.png")
-        write_text_atomic(run.folder / "history.json", json.dumps(progress.history, indent=2) + "\n")
+        with writing(run.folder / "history.json", run.folder):
+            write_text_atomic(run.folder / "history.json", json.dumps(progress.history, indent=2) + "\n")
     if progress.stopped:
         run.say(f"early stop: no better validation accuracy for {config.patience} epochs")
 

@@ -13,7 +13,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import atexit  # noqa: E402
 import csv  # noqa: E402
-import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -41,8 +40,6 @@ TABLE_PREVIEW_ROWS = 1000
 # Scored files of the file tab, and Gradio's copies of them and of uploads, are deleted
 # once this old (checked at each scoring, and by Gradio every as many seconds).
 RESULT_TTL_S = 600
-# JSON can carry half of a UTF-16 surrogate pair on its own; no encoding can.
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 NOT_UPLOADED = "Upload the file on this page first: only files uploaded to this server are scored."
 CONTRIBUTION_COLORS = {"strong positive": "#1f9d55", "positive": "#a3e4b8", "negative": "#f8b4b4",
                        "strong negative": "#d92d2d"}
@@ -68,11 +65,6 @@ def remove_older(folder: Path, seconds: float) -> None:
                 shutil.rmtree(path.parent, ignore_errors=True)
         except OSError:
             pass
-
-
-def readable(text: str) -> str:
-    """``text`` with each lone surrogate as U+FFFD, as an undecodable byte of a file is read."""
-    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def contribution_class(score: float | None, scale: float) -> str | None:
@@ -146,7 +138,7 @@ class Views:
         return gr.Error(message, print_exception=False)
 
     def check(self, text: str | None) -> str:
-        text = readable(text or "")
+        text = text or ""  # half a UTF-16 pair ("\ud800" in JSON) is read as U+FFFD by the model
         if len(text) > self.config.max_chars:
             raise self.refuse(f"The review is {len(text):,} characters long; the limit is {self.config.max_chars:,}.")
         return text

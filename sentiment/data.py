@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import SentimentError
-from .readers import TABLE_SUFFIXES, Row, decode, iter_rows, not_text
+from .readers import TABLE_SUFFIXES, Row, decode, iter_rows, not_text, replace_lone_surrogates
 
 if TYPE_CHECKING:
     import datasets
@@ -27,9 +27,6 @@ DEFAULT_DATASET = "stanfordnlp/imdb"
 LABELS = ("negative", "positive")
 _LABEL_WORDS = {"0": 0, "neg": 0, "negative": 0, "1": 1, "pos": 1, "positive": 1}
 _STANFORD_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$")
-# Half of a UTF-16 pair with no other half: a json escape ("\ud800") can spell one, but no
-# UTF-8 text (and so no datasets cache) can hold it.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Bump when the rows a source turns into change, so old caches are not reused.
 _CACHE_VERSION = "1"
 
@@ -67,7 +64,8 @@ def _labelled_records(path: Path, text_column: str, label_column: str) -> Iterat
         if label is None:
             unknown.setdefault(repr(row.fields[label_column]), row.where)
             continue
-        text, surrogates = _LONE_SURROGATE.subn("\ufffd", "" if text is None else str(text))
+        # No datasets cache (UTF-8) can hold half of a UTF-16 pair that a json escape spelled.
+        text, surrogates = replace_lone_surrogates("" if text is None else str(text))
         yield {"text": text, "label": label, "undecodable": row.undecodable + surrogates}
     if unknown:
         shown = "; ".join(f"{v} at {w}" for v, w in list(unknown.items())[:5])

@@ -12,7 +12,6 @@ the model computations running at once (``--concurrency``). Every request body i
 (``--max-upload-mb``) before it is read, page uploads included, and clients that send
 slowly or too much are cut off (``http_limits``).
 """
-import re
 import signal
 import threading
 import time
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException
 
 from .app import ServeConfig, build_app
@@ -42,21 +41,6 @@ SESSION_CAPACITY = 100
 # A multipart upload carries some bytes of framing beside the file itself.
 BODY_SLACK = 64 * 1024
 LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-# A JSON string may hold half of a UTF-16 pair ("\ud800"), which is no character and which
-# the tokenizer cannot take: it is read as U+FFFD, as an undecodable byte is in a file.
-LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
-def _whole_characters(text: str) -> str:
-    """``text`` with each lone surrogate replaced by U+FFFD (checked in C first: a regular
-    expression over a long text costs a fraction of a second)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return LONE_SURROGATE.sub("\ufffd", text)
-    return text
-
 
 class ApiError(Exception):
     """A request the API refuses: answered as ``{"error": message}`` with ``status``."""
@@ -123,12 +107,6 @@ class PredictRequest(BaseModel):
                                                "--max-chars characters each), scored as one batch")
     model: StrictStr | None = Field(None, description=f"a loaded model's name (default: the first); "
                                                       f"GET {API}/models lists them")
-
-    @field_validator("texts")
-    @classmethod
-    def _characters(cls, texts: list[str]) -> list[str]:
-        # isascii inline: one function call per text would cost a second on a million texts.
-        return [text if text.isascii() else _whole_characters(text) for text in texts]
 
 
 class Result(BaseModel):

@@ -18,6 +18,7 @@ from tokenizers.trainers import WordLevelTrainer
 
 from .errors import SentimentError
 from .options import check_whole
+from .readers import encodable
 
 UNK, PAD = "<unk>", "<pad>"
 UNK_ID, PAD_ID = 0, 1
@@ -25,9 +26,6 @@ TRUNCATE_SIDES = ("head", "tail", "head+tail")
 # The most tokens a model may read of a review: the longest IMDB review is about 2,500 words.
 # Explaining a review costs memory in the square of it.
 MAX_LEN = 5000
-# Lone surrogates (half of a UTF-16 pair, or a byte Python could not decode in a file name)
-# are not text the tokenizer accepts.
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # What TextEncoder.shorten keeps of a very long text: characters per word read, and words
 # to spare at a cut (a word split in two, or half an HTML tag, makes one spurious word).
 CUT_CHARS_PER_TOKEN, CUT_SPARE_WORDS = 64, 8
@@ -44,16 +42,6 @@ def _normalizer() -> normalizers.Normalizer:
         normalizers.Replace(Regex(r"<br\s*/?>"), " "),
         normalizers.Replace(Regex(r"[^\w\s]|_"), " "),
     ])
-
-
-def encodable(text: str) -> str:
-    """``text`` with each lone surrogate replaced by U+FFFD, one character for one, so the
-    offsets of its words are those of ``text``; the text itself where it has none (nearly always)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return LONE_SURROGATE.sub("\ufffd", text)
-    return text
 
 
 def words(text: str) -> list[str]:

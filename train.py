@@ -17,7 +17,7 @@ if __name__ == "__main__":
         signal.signal(signal.SIGINT, _interrupted_while_starting)
         # Importing the package and the training program loads torch, scikit-learn and more:
         # seconds in which Ctrl-C is likely. From train() on, training says what Ctrl-C left.
-        import sentiment.training  # noqa: F401
+        import sentiment.train.training  # noqa: F401
         from sentiment.cli import train_main
 
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -132,7 +132,7 @@ def child_env(jobs: int) -> dict:
 
 
 def baseline(data: str) -> dict:
-    from sentiment.baseline import LinearBaseline
+    from sentiment.evaluate.baseline import LinearBaseline
     from sentiment.data import load_source
     from sentiment.metrics import classification_metrics
 
@@ -147,7 +147,7 @@ def short_text(bundle: Path, config: dict, data: Path) -> dict:
     measured now (the file read once per bundle) and recorded there and in its model card."""
     from sentiment.bundle import rewrite_config
     from sentiment.data import fingerprint
-    from sentiment.evaluation import EvaluateConfig, evaluate
+    from sentiment.evaluate.evaluation import EvaluateConfig, evaluate
 
     key = {"data": shown(data), "data_fingerprint": fingerprint(data), "calibration": config.get("calibration")}
     recorded = (config.get("metrics") or {}).get("short_text")

@@ -6,7 +6,7 @@ Writes bench/results/short_text_ceiling.json.
 
 On FILE (tuning data: rt-polarity's dev.jsonl, never its test file) it measures
 - the share of FILE's words outside the default bundle's vocabulary;
-- the linear baseline (sentiment.baseline: every word and bigram seen twice, no vocabulary
+- the linear baseline (sentiment.evaluate.baseline: every word and bigram seen twice, no vocabulary
   limit) fitted on the IMDB training reviews, on sentence excerpts of them
   (sentiment.text.excerpts, 3 per review, the review's label), and on both;
 - each shipped bundle (or each in --models-dir), and the mean of their probabilities (an ensemble);
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sentiment import data as data_module  # noqa: E402
-from sentiment.baseline import LinearBaseline  # noqa: E402
+from sentiment.evaluate.baseline import LinearBaseline  # noqa: E402
 from sentiment.bundle import SHIPPED_MODELS, default_model_dir, load_bundle, shipped_bundles  # noqa: E402
 from sentiment.files import write_text_atomic  # noqa: E402
 from sentiment.text import excerpts, words  # noqa: E402

@@ -66,7 +66,7 @@ def main() -> None:
     from sentiment.data import load_source
     from sentiment.models import ModelConfig, SentimentRNN
     from sentiment.text import TextEncoder, train_tokenizer
-    from sentiment.training import epoch_order, run_epoch, training_dtype
+    from sentiment.train.training import epoch_order, run_epoch, training_dtype
 
     train = load_source(args.data)["train"].shuffle(seed=0).select(range(args.reviews))
     texts, labels = train["text"], np.asarray(train["label"], dtype=np.int64)

@@ -12,7 +12,7 @@ from .options import add_options, from_args
 
 
 def _train_parser(parser: argparse.ArgumentParser) -> None:
-    from .recipes import TrainConfig
+    from .train.recipes import TrainConfig
 
     add_options(parser, TrainConfig)
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
@@ -20,9 +20,9 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .train.training import TrainConfig, train
 
-    from .recipes import typed_options
+    from .train.recipes import typed_options
 
     config = from_args(TrainConfig, args)
     train(config, resume=args.resume, typed=typed_options(args.argv) if args.resume else None)
@@ -30,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _score_parser(parser: argparse.ArgumentParser) -> None:
-    from .score import ScoreConfig
+    from .scoring.score import ScoreConfig
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="a .txt (one review per line), .csv, .tsv, .jsonl or .parquet file, "
@@ -40,11 +40,11 @@ def _score_parser(parser: argparse.ArgumentParser) -> None:
 
 def _score(args: argparse.Namespace) -> int:
     from .bundle import default_model_dir, load_bundle
-    from .score import ScoreConfig, check_output, score
+    from .scoring.score import ScoreConfig, check_output, score
 
     config = from_args(ScoreConfig, args, inputs=args.inputs)
     if config.engine == "ray":
-        from .ray_score import score_on_ray
+        from .scoring.ray_score import score_on_ray
 
         written = score_on_ray(config)
         if written["rows"] is not None:
@@ -58,7 +58,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
-    from .evaluation import EvaluateConfig
+    from .evaluate.evaluation import EvaluateConfig
 
     parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
                         help="model bundle folder; repeat to compare models (default: the shipped model)")
@@ -66,14 +66,14 @@ def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import EvaluateConfig, evaluate
+    from .evaluate.evaluation import EvaluateConfig, evaluate
 
     evaluate(from_args(EvaluateConfig, args))
     return 0
 
 
 def _serve_parser(parser: argparse.ArgumentParser) -> None:
-    from .app import ServeConfig
+    from .serve.app import ServeConfig
 
     parser.add_argument("--model", dest="models", action="append", default=[], metavar="DIR",
                         help="model bundle folder; repeat to load several and compare them "
@@ -82,8 +82,8 @@ def _serve_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import ServeConfig
-    from .server import launch
+    from .serve.app import ServeConfig
+    from .serve.server import launch
 
     launch(from_args(ServeConfig, args))
     return 0
@@ -100,7 +100,7 @@ def _calibrate_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .evaluation import calibrate_bundle
+    from .train.calibrate import calibrate_bundle
 
     for model in args.models:
         calibrate_bundle(model, args.data, args.cache_dir, args.allow_other_data)
@@ -116,7 +116,7 @@ def _behaviour_parser(parser: argparse.ArgumentParser) -> None:
 def _behaviour(args: argparse.Namespace) -> int:
     import json
 
-    from .behaviour import failure_rates, format_rates
+    from .evaluate.behaviour import failure_rates, format_rates
     from .bundle import load_bundle, model_names, shipped_bundles
     from .files import check_file_target, write_text_atomic
 

@@ -119,7 +119,7 @@ def run_cli(*args, cwd=ROOT, env_extra=None, timeout=600, input=None):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, stanford_archive) -> Path:
     """A small trained bundle (cue words decide the label), trained once per test run."""
-    from sentiment.training import TrainConfig, train
+    from sentiment.train.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("model") / "tiny"
     config = TrainConfig(model="lstm", data=str(stanford_archive), out=str(out), epochs=8, embedding_dim=16,

@@ -25,6 +25,7 @@ def client(server):
     return Client(server.url, analytics_enabled=False, verbose=False)
 
 
+@pytest.mark.slow
 def test_predict_endpoint_returns_both_probabilities(client, tiny_model):
     result = client.predict(POSITIVE_REVIEW, api_name="/predict")
     assert result["label"] == "positive"
@@ -98,7 +99,7 @@ def test_file_tab_shows_the_uploaded_name_and_caps_rows(client, server, tmp_path
 
 
 def test_old_results_are_removed(tmp_path):
-    from sentiment.app import remove_older
+    from sentiment.serve.app import remove_older
 
     old, new = tmp_path / "a" / "old.csv", tmp_path / "b" / "new.csv"
     for path in (old, new):
@@ -109,6 +110,7 @@ def test_old_results_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+@pytest.mark.slow
 def test_explain_keeps_server_memory_flat(server):
     """Every API call is a new Gradio session holding its values: the sessions kept are bounded."""
     import httpx
@@ -135,6 +137,7 @@ def test_explain_keeps_server_memory_flat(server):
     assert after - before < 12, (before, after)  # measured: +4 MB bounded, +24 MB with 10,000 sessions
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_broken_model_in_one_line(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     result = run_cli("serve.py", "--model", tmp_path, "--port", str(free_port()))
@@ -211,6 +214,7 @@ def test_text_that_arrives_at_once_updates_the_page(server, how):
     assert outside == [], f"requests left 127.0.0.1: {outside}"
 
 
+@pytest.mark.slow
 def test_serve_says_when_its_port_is_taken(tiny_model):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

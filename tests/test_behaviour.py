@@ -1,10 +1,12 @@
 """Behaviour tests (CheckList-style measurements): built as documented, measured on a real model."""
 import json
+
+import pytest
 import random
 
 from conftest import run_cli
 from sentiment import load_bundle
-from sentiment.behaviour import _typo, cases, failure_rates
+from sentiment.evaluate.behaviour import _typo, cases, failure_rates
 
 
 def test_cases_are_the_same_every_time_and_well_formed():
@@ -28,6 +30,7 @@ def test_a_typo_swaps_two_neighbouring_letters_of_one_word():
         assert len(diff) == 2 and diff[1] == diff[0] + 1
 
 
+@pytest.mark.slow
 def test_failure_rates_on_a_real_model(tiny_model, tmp_path):
     rates = failure_rates(load_bundle(tiny_model))
     assert all(0.0 <= r["failure_rate"] <= 1.0 for r in rates.values())

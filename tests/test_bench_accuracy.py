@@ -1,5 +1,7 @@
 """bench/accuracy.py tabulates finished runs: pooled over run folders, chosen on validation."""
 import json
+
+import pytest
 import os
 import statistics
 from pathlib import Path
@@ -46,6 +48,7 @@ def test_runs_of_several_folders_are_pooled_and_the_best_on_validation_is_named(
     assert "9.5 min on cpu; 7.0 min on cuda" in row
 
 
+@pytest.mark.slow
 def test_jobs_train_side_by_side_each_with_its_log_and_a_failure_is_named(tmp_path):
     archive = write_archive(write_stanford_folder(tmp_path, n_train=200, n_test=60), tmp_path / "imdb.tar.gz")
     runs, out = tmp_path / "runs", tmp_path / "accuracy.json"
@@ -73,6 +76,7 @@ def test_jobs_train_side_by_side_each_with_its_log_and_a_failure_is_named(tmp_pa
     assert "validation loss" not in done.stdout  # the progress of runs side by side goes to their logs
 
 
+@pytest.mark.slow
 def test_shipped_bundles_are_scored_on_short_text_once_and_it_is_recorded(tiny_model, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(tiny_model, models / "lstm")
@@ -101,6 +105,7 @@ def test_shipped_bundles_are_scored_on_short_text_once_and_it_is_recorded(tiny_m
     assert third.returncode == 0 and "measured on" in third.stdout
 
 
+@pytest.mark.slow
 def test_short_text_ceiling_measures_the_bundles_as_evaluate_does(tiny_model, stanford_archive, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(tiny_model, models / "lstm")

@@ -120,6 +120,7 @@ def test_layers_the_weights_do_not_hold_are_named_from_the_header_in_one_short_l
     assert message.endswith("and 56 more; unexpected: none)")
 
 
+@pytest.mark.slow
 def test_a_tokenizer_of_another_shipped_model_is_refused(tmp_path):
     for bundle in shipped_bundles():
         recorded = json.loads((bundle / "config.json").read_text())["tokenizer"]["sha256"]

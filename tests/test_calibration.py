@@ -81,6 +81,7 @@ def test_too_few_validation_reviews_fit_no_temperature(tiny_model):
     assert load_bundle(tiny_model).calibration == Calibration()
 
 
+@pytest.mark.slow
 def test_training_calibrates_and_every_probability_uses_it(calibrated_model, tmp_path):
     tiny_model = calibrated_model
     config = json.loads((tiny_model / "config.json").read_text())
@@ -108,6 +109,7 @@ def test_training_calibrates_and_every_probability_uses_it(calibrated_model, tmp
         assert ((hotter >= 0.5) == (raw >= 0.5)).all()
 
 
+@pytest.mark.slow
 def test_calibrate_command_and_evaluate_report(calibrated_model, tmp_path):
     tiny_model = calibrated_model
     bundle = tmp_path / "b"
@@ -127,3 +129,15 @@ def test_calibrate_command_and_evaluate_report(calibrated_model, tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert all(f"\n{m} " in shown.stdout for m in ("ece", "nll", "brier"))
     assert (tmp_path / "plots" / "reliability.png").stat().st_size > 1000
+
+
+def test_calibrate_refuses_data_that_is_not_the_bundles_before_touching_it(tiny_model, tmp_path):
+    from sentiment.errors import SentimentError
+    from sentiment.train.calibrate import calibrate_bundle
+
+    other = write_table(tmp_path / "other.csv", [{"text": "wonderful superb", "label": "pos"},
+                                                 {"text": "awful boring", "label": "neg"}])
+    before = {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()}
+    with pytest.raises(SentimentError, match="fingerprint"):
+        calibrate_bundle(str(tiny_model), data=str(other))
+    assert {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file()} == before

@@ -11,29 +11,34 @@ def _one_error_line(result):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_missing_data_path(tmp_path):
     line = _one_error_line(run_cli("train.py", "--data", tmp_path / "missing.tar.gz"))
     assert "missing.tar.gz: no such file or directory" in line
 
 
+@pytest.mark.slow
 def test_csv_without_the_named_column(tmp_path):
     path = write_table(tmp_path / "r.csv", [{"review": "good", "label": "1"}])
     line = _one_error_line(run_cli("train.py", "--data", path))
     assert "r.csv: no text column 'text' (columns: review, label); choose one with --text-column" in line
 
 
+@pytest.mark.slow
 def test_unknown_label_values_with_where(tmp_path):
     path = write_table(tmp_path / "r.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": "great"}])
     line = _one_error_line(run_cli("train.py", "--data", path))
     assert f"'great' at {path}:2" in line
 
 
+@pytest.mark.slow
 def test_empty_split(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("text,label\n")
     assert "train split is empty" in _one_error_line(run_cli("train.py", "--data", path))
 
 
+@pytest.mark.slow
 def test_resume_of_a_folder_without_checkpoint(tmp_path):
     assert "checkpoint.pt: missing" in _one_error_line(run_cli("train.py", "--resume", tmp_path))
 
@@ -47,6 +52,7 @@ def test_bad_option_values_name_the_option(tmp_path, option, value, message):
     assert message in _one_error_line(run_cli("train.py", option, value))
 
 
+@pytest.mark.slow
 def test_undecodable_bytes_are_reported_not_fatal(tmp_path):
     path = tmp_path / "r.csv"
     rows = b"".join(b"nice film \xff,1\n" if i % 2 else b"bad film,0\n" for i in range(40))

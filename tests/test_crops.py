@@ -1,11 +1,13 @@
 """Training for short input: random contiguous crops of training reviews (train.py --crop)."""
 import json
 
+import pytest
+
 import numpy as np
 import torch
 
 from conftest import run_cli
-from sentiment.loop import crop_batch
+from sentiment.train.loop import crop_batch
 from sentiment.text import PAD_ID
 
 
@@ -43,6 +45,7 @@ def test_no_share_crops_nothing_and_a_seed_crops_alike():
     assert (first[0] == again[0]).all() and (first[1] == again[1]).all()
 
 
+@pytest.mark.slow
 def test_crop_options_are_checked_and_recorded(stanford_archive, tmp_path):
     bad = run_cli("train.py", "--crop-words", "40-5")
     assert bad.returncode == 2 and "--crop-words needs 1 <= MIN <= MAX (got '40-5')" in bad.stderr
@@ -54,6 +57,7 @@ def test_crop_options_are_checked_and_recorded(stanford_archive, tmp_path):
     assert (training["crop"], training["crop_words"]) == (0.5, "2-6")
 
 
+@pytest.mark.slow
 def test_finetune_from_a_bundle_keeps_its_kind_sizes_and_vocabulary(tiny_model, stanford_archive, tmp_path):
     from sentiment import load_bundle
     from sentiment.calibration import Calibration
@@ -71,6 +75,7 @@ def test_finetune_from_a_bundle_keeps_its_kind_sizes_and_vocabulary(tiny_model, 
     assert abs(tuned.predict_proba(texts) - original.predict_proba(texts)).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_excerpts_add_sentences_of_training_reviews_to_the_training_rows(stanford_archive, tmp_path):
     bad = run_cli("train.py", "--excerpts", "-1")
     assert bad.returncode == 2 and "--excerpts" in bad.stderr

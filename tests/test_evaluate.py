@@ -3,6 +3,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 from conftest import run_cli, write_table
@@ -10,6 +11,7 @@ from sentiment import load_bundle
 from sentiment.data import load_source
 
 
+@pytest.mark.slow
 def test_metrics_match_scikit_learn(tiny_model, stanford_archive, tmp_path):
     out = tmp_path / "metrics.json"
     result = run_cli("-m", "sentiment", "evaluate", "--data", stanford_archive, "--model", tiny_model,
@@ -28,6 +30,7 @@ def test_metrics_match_scikit_learn(tiny_model, stanford_archive, tmp_path):
     assert {"roc.png", "confusion-tiny.png"} <= {p.name for p in (tmp_path / "plots").iterdir()}
 
 
+@pytest.mark.slow
 def test_reproduces_the_test_accuracy_recorded_at_training(tiny_model, stanford_archive, tmp_path):
     out = tmp_path / "m.json"
     assert run_cli("-m", "sentiment", "evaluate", "--data", stanford_archive, "--model", tiny_model,
@@ -37,6 +40,7 @@ def test_reproduces_the_test_accuracy_recorded_at_training(tiny_model, stanford_
     assert measured == recorded
 
 
+@pytest.mark.slow
 def test_two_models_and_the_baseline_side_by_side(tiny_model, stanford_archive, tmp_path):
     result = run_cli("-m", "sentiment", "evaluate", "--data", stanford_archive, "--model", tiny_model,
                      "--model", tiny_model, "--baseline", "--json", tmp_path / "m.json")
@@ -47,6 +51,7 @@ def test_two_models_and_the_baseline_side_by_side(tiny_model, stanford_archive, 
     assert result.stdout.splitlines()[1].split()[0] == "metric"
 
 
+@pytest.mark.slow
 def test_a_labelled_file_is_evaluated_whole(tiny_model, tmp_path):
     path = write_table(tmp_path / "labelled.csv", [{"text": "wonderful superb", "label": "pos"},
                                                    {"text": "awful boring", "label": "neg"}])
@@ -55,3 +60,12 @@ def test_a_labelled_file_is_evaluated_whole(tiny_model, tmp_path):
     assert "[train]: 2 reviews" in result.stdout
     result = run_cli("-m", "sentiment", "evaluate", "--data", path, "--model", tiny_model, "--baseline")
     assert result.returncode == 2 and "--baseline trains on the source's train split" in result.stderr
+
+
+def test_evaluate_in_process_reproduces_the_recorded_test_metrics_beside_the_baseline(tiny_model, stanford_archive):
+    from sentiment.evaluate.evaluation import EvaluateConfig, evaluate
+
+    results = evaluate(EvaluateConfig(data=str(stanford_archive), models=[str(tiny_model)], baseline=True))
+    assert set(results) == {"tiny", "tfidf+logreg"}
+    assert results["tiny"] == json.loads((tiny_model / "config.json").read_text())["metrics"]["test"]
+    assert results["tfidf+logreg"]["accuracy"] >= 0.8  # the cue words separate the classes

@@ -59,6 +59,7 @@ def hostile(tiny_model, tmp_path_factory):
     assert "shutdown failed" not in running.log.read_text()
 
 
+@pytest.mark.slow
 def test_file_tab_scores_only_files_uploaded_to_it(hostile):
     secret = hostile.outside / "secret.csv"
     secret.write_text(f"text\n{SECRET}\n")

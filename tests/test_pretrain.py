@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli
 from sentiment.models import ModelConfig, SentimentRNN
-from sentiment.pretrain import LanguageModel
+from sentiment.train.pretrain import LanguageModel
 from sentiment.errors import SentimentError
 
 SIZES = ["--embedding-dim", "16", "--hidden-size", "16", "--max-len", "32", "--batch-size", "16",
@@ -30,6 +30,7 @@ def test_two_layer_bilstm_is_refused():
         LanguageModel(SentimentRNN(ModelConfig(kind="bilstm", vocab_size=30, num_layers=2)))
 
 
+@pytest.mark.slow
 def test_pretrain_then_init_from(stanford_archive, tmp_path):
     first = tmp_path / "lm"
     result = run_cli("train.py", "--model", "bilstm", "--data", stanford_archive, "--epochs", "1", "--out", first,

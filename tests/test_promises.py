@@ -35,6 +35,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 # --- run folders and bundles ----------------------------------------------------
 
+@pytest.mark.slow
 def test_a_new_run_never_writes_into_another_runs_folder(tiny_model, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_model, run)
@@ -49,6 +50,7 @@ def test_a_new_run_never_writes_into_another_runs_folder(tiny_model, tmp_path):
     assert files_of(run) == before and (other / "config.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_a_bundle_whose_tokenizer_is_not_its_own_is_refused(tiny_model, tmp_path):
     bundle = tmp_path / "b"
     shutil.copytree(tiny_model, bundle)
@@ -80,6 +82,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_bundle_rewritten_in_place_is_old_or_new_after_kill_9(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -107,6 +110,7 @@ def test_a_bundle_rewritten_in_place_is_old_or_new_after_kill_9(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_scorer_are_cleared(tiny_model, tmp_path):
     (tmp_path / "in.txt").write_text(f"{POS}\n")
     leftover = tmp_path / ".out.csv.abc123.tmp"
@@ -128,6 +132,7 @@ def _broken_bundle(tiny_model, tmp_path, section, values) -> Path:
     return bundle
 
 
+@pytest.mark.slow
 def test_unwritable_outputs_are_one_line(tiny_model, tmp_path):
     reviews = tmp_path / "r.txt"
     reviews.write_text(f"{POS}\n")
@@ -145,6 +150,7 @@ def test_unwritable_outputs_are_one_line(tiny_model, tmp_path):
     assert "--batch-size must be at least 1 (got 0)" in one_error_line(run_cli(*evaluate, "--batch-size", "0"))
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_scoring_is_one_line_and_leaves_nothing(tiny_model, tmp_path):
     reviews = tmp_path / "r.txt"
     reviews.write_text(f"{POS}\n" * 20_000)
@@ -161,6 +167,7 @@ def test_a_full_disk_while_scoring_is_one_line_and_leaves_nothing(tiny_model, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]
 
 
+@pytest.mark.slow
 def test_a_column_that_changes_type_names_the_row_for_parquet(tiny_model, tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps({"text": POS, "n": 1}) + "\n" + json.dumps({"text": NEG, "n": "two"}) + "\n")
@@ -182,18 +189,21 @@ def test_a_bundle_config_with_bad_values_is_one_line(tiny_model, tmp_path, secti
     assert message in line
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_port_out_of_range():
     assert "--port must be at most 65535 (got 70000)" in one_error_line(run_cli("serve.py", "--port", "70000"))
 
 
 # --- no wrong answer without a word ----------------------------------------------
 
+@pytest.mark.slow
 def test_training_data_of_one_class_is_refused(tmp_path):
     data = write_table(tmp_path / "one.csv", [{"text": f"good film {i}", "label": 1} for i in range(20)])
     line = one_error_line(run_cli("train.py", "--data", data, "--out", tmp_path / "run"))
     assert "the train split holds positive reviews only (20 rows)" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "utf-32"])
 def test_files_with_a_byte_order_mark_are_decoded(tiny_model, tmp_path, encoding):
     txt, csv = tmp_path / "r.txt", tmp_path / "r.csv"
@@ -207,6 +217,7 @@ def test_files_with_a_byte_order_mark_are_decoded(tiny_model, tmp_path, encoding
         assert "undecodable" not in result.stderr
 
 
+@pytest.mark.slow
 def test_jsonl_text_that_is_not_a_string_is_an_error_row(tiny_model, tmp_path):
     path = tmp_path / "r.jsonl"
     values = [POS, True, 5, None, {"a": 1}, ["x"]]
@@ -223,6 +234,7 @@ def test_jsonl_text_that_is_not_a_string_is_an_error_row(tiny_model, tmp_path):
     assert f"{path}:2: field 'text' is a boolean (true), not text (use --on-error skip" in line
 
 
+@pytest.mark.slow
 def test_a_csv_header_that_names_a_column_twice_is_refused(tiny_model, tmp_path):
     path = tmp_path / "r.csv"
     path.write_text(f"text,text,id\n{POS},{NEG},1\n")
@@ -230,6 +242,7 @@ def test_a_csv_header_that_names_a_column_twice_is_refused(tiny_model, tmp_path)
     assert f"{path}:1: the header names the column 'text' more than once" in line
 
 
+@pytest.mark.slow
 def test_a_jsonl_row_with_a_new_key_is_an_error_row_that_says_so(tiny_model, tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps({"text": POS}) + "\n" + json.dumps({"text": NEG, "stars": 2}) + "\n"
@@ -255,6 +268,7 @@ def _peak_mb(*args) -> float:
     return int(result.stderr.split("peak ")[-1]) / 1024
 
 
+@pytest.mark.slow
 def test_a_20_mb_line_costs_little_more_than_itself(tiny_model, tmp_path):
     small, big = tmp_path / "small.txt", tmp_path / "big.txt"
     small.write_text(f"{POS}\n")

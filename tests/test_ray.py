@@ -85,6 +85,7 @@ def single_machine(inputs, model, tmp_path) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_gives_the_single_machine_rows_in_order(cluster, tiny_model, tmp_path):
     inputs = mixed_inputs(tmp_path)
@@ -107,6 +108,7 @@ def test_ray_gives_the_single_machine_rows_in_order(cluster, tiny_model, tmp_pat
     assert any(r["error"] for r in got) and any(r["known_words"] == 0 for r in got)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_an_error_row_stops_the_run_in_one_line_without_skip(cluster, tiny_model, tmp_path):
     path = tmp_path / "r.jsonl"
@@ -119,6 +121,7 @@ def test_an_error_row_stops_the_run_in_one_line_without_skip(cluster, tiny_model
         "row and go on)"
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_worker_killed_mid_job_still_gives_every_row_once(cluster, tiny_model, tmp_path):
     path = tmp_path / "big.txt"
@@ -149,7 +152,7 @@ def test_a_worker_killed_mid_job_still_gives_every_row_once(cluster, tiny_model,
 
 USER_SCRIPT = """
 import json, sys, ray
-from sentiment.ray_score import score_dataset
+from sentiment.scoring.ray_score import score_dataset
 ray.init(address=sys.argv[1], log_to_driver=False)
 texts = json.loads(sys.argv[3])
 ds = ray.data.from_items([{"id": i, "review": t} for i, t in enumerate(texts)])
@@ -157,6 +160,7 @@ print(json.dumps(score_dataset(ds, sys.argv[2], text_column="review", precision=
 """
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_user_dataset_gets_prediction_columns(cluster, tiny_model):
     from sentiment import load_bundle
@@ -172,6 +176,7 @@ def test_a_user_dataset_gets_prediction_columns(cluster, tiny_model):
     assert rows[0]["p_positive"] == pytest.approx(expected[0]["p_positive"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_without_ray_the_engine_says_how_to_install_it(tiny_model, tmp_path):
     hide = tmp_path / "hide"
     hide.mkdir()
@@ -183,8 +188,19 @@ def test_without_ray_the_engine_says_how_to_install_it(tiny_model, tmp_path):
     assert result.stderr.strip() == 'error: the Ray engine needs Ray Data, an optional extra: pip install -e ".[ray]"'
 
 
+@pytest.mark.slow
 def test_the_package_never_imports_ray():
-    result = run_cli("-c", "import sys, sentiment, sentiment.score, sentiment.app, sentiment.cli; "
+    result = run_cli("-c", "import sys, sentiment, sentiment.scoring.score, sentiment.serve.app, sentiment.cli; "
                            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_ray_engine_refuses_what_it_cannot_read_before_starting_ray(tmp_path):
+    from sentiment.errors import SentimentError
+    from sentiment.scoring.ray_score import check_ray_inputs
+
+    with pytest.raises(SentimentError, match="reads files, not standard input"):
+        check_ray_inputs(["-"])
+    with pytest.raises(SentimentError, match="no such file"):
+        check_ray_inputs([str(tmp_path / "missing.jsonl")])

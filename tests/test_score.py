@@ -25,6 +25,7 @@ def _csv_rows(text):
     return list(csv.DictReader(io.StringIO(text)))
 
 
+@pytest.mark.slow
 def test_txt_lines_in_order_with_counts(tiny_model, tmp_path):
     path = tmp_path / "r.txt"
     path.write_text(f"{POS}\n\n{NEG}\n")
@@ -45,6 +46,7 @@ def test_txt_lines_in_order_with_counts(tiny_model, tmp_path):
     assert [float(r["p_positive"]) for r in default[::2]] == pytest.approx(expected, abs=0.02)
 
 
+@pytest.mark.slow
 def test_stdin_and_several_inputs(tiny_model, tmp_path):
     path = tmp_path / "r.txt"
     path.write_text(f"{NEG}\n")
@@ -55,6 +57,7 @@ def test_stdin_and_several_inputs(tiny_model, tmp_path):
         ("<stdin>", "1", "positive"), ("<stdin>", "2", "negative"), (str(path), "1", "negative")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
 def test_table_inputs_keep_their_columns(tiny_model, tmp_path, suffix):
     rows = [{"id": "a", "review": POS, "stars": "9"}, {"id": "b", "review": NEG, "stars": "1"}]
@@ -68,6 +71,7 @@ def test_table_inputs_keep_their_columns(tiny_model, tmp_path, suffix):
     assert [g["review"] for g in got] == [POS, NEG]
 
 
+@pytest.mark.slow
 def test_folder_of_txt_files(tiny_model, tmp_path):
     folder = tmp_path / "pos"
     folder.mkdir()
@@ -79,6 +83,7 @@ def test_folder_of_txt_files(tiny_model, tmp_path):
     assert [(r["row"], r["prediction"]) for r in rows] == [("1_1.txt", "negative"), ("2_9.txt", "positive")]
 
 
+@pytest.mark.slow
 def test_parquet_output(tiny_model, tmp_path):
     import pyarrow.parquet as pq
 
@@ -90,6 +95,7 @@ def test_parquet_output(tiny_model, tmp_path):
     assert [r["prediction"] for r in table] == ["positive", "negative"]
 
 
+@pytest.mark.slow
 def test_every_row_survives_empty_long_and_undecodable_lines(tiny_model, tmp_path):
     path = tmp_path / "r.txt"
     lines = [POS.encode(), b"", b"x " * 50_000, b"bad \xff\xfe bytes " + NEG.encode(), b"\r", NEG.encode()]
@@ -105,6 +111,7 @@ def test_every_row_survives_empty_long_and_undecodable_lines(tiny_model, tmp_pat
             "2 undecodable bytes in 1 rows were replaced with U+FFFD") in result.stderr
 
 
+@pytest.mark.slow
 def test_malformed_rows_stop_by_default_and_become_error_rows_with_skip(tiny_model, tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps({"text": POS}) + "\n{broken\n" + json.dumps({"text": NEG}) + "\n")
@@ -122,6 +129,7 @@ def test_malformed_rows_stop_by_default_and_become_error_rows_with_skip(tiny_mod
     assert "rows read: 3, rows written: 3, error rows: 1" in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_invocations_are_one_line(tiny_model, tmp_path):
     for args, message in [
         ((tmp_path / "missing.txt",), "missing.txt: no such file or directory"),
@@ -139,6 +147,7 @@ def test_bad_invocations_are_one_line(tiny_model, tmp_path):
     assert result.returncode == 2 and "no text column (looked for text or review; columns: body)" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_an_output_that_is_an_input_is_refused_before_reading(tiny_model, tmp_path, suffix):
     path = write_table(tmp_path / f"same{suffix}", [{"text": POS}, {"text": NEG}])
@@ -154,6 +163,7 @@ def test_an_output_that_is_an_input_is_refused_before_reading(tiny_model, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same" + suffix, "sub"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_partial_output(tiny_model, tmp_path):
     path = tmp_path / "big.txt"
     path.write_text((POS + "\n") * 300_000)

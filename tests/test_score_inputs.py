@@ -26,6 +26,7 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_lone_surrogate_in_jsonl_is_replaced_and_counted(tiny_model, tmp_path):
     # "\ud800" is a valid JSON escape but half of a UTF-16 pair: no text can hold it alone.
     path = tmp_path / "r.jsonl"
@@ -40,6 +41,7 @@ def test_a_lone_surrogate_in_jsonl_is_replaced_and_counted(tiny_model, tmp_path)
     assert "2 undecodable bytes in 2 rows were replaced with U+FFFD" in result.stderr
 
 
+@pytest.mark.slow
 def test_deep_nesting_and_huge_integers_in_jsonl_are_error_rows(tiny_model, tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text("".join([json.dumps({"text": POS, "n": 1}) + "\n",
@@ -59,6 +61,7 @@ def test_deep_nesting_and_huge_integers_in_jsonl_are_error_rows(tiny_model, tmp_
     assert line.startswith(f"error: {path}:2: malformed json line: nested more than 100 deep")
 
 
+@pytest.mark.slow
 def test_a_duplicate_json_key_is_refused_with_its_line_and_key(tiny_model, tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps({"text": POS}) + '\n{"text": "' + POS + '", "text": "' + NEG + '"}\n')
@@ -68,6 +71,7 @@ def test_a_duplicate_json_key_is_refused_with_its_line_and_key(tiny_model, tmp_p
     assert [(r["prediction"], bool(r["error"])) for r in rows] == [("positive", False), ("", True)]
 
 
+@pytest.mark.slow
 def test_utf16_without_a_byte_order_mark_is_refused_not_scored(tiny_model, tmp_path):
     for name in ("r.txt", "r.csv", "r.jsonl"):
         path = tmp_path / name
@@ -85,6 +89,7 @@ def test_utf16_without_a_byte_order_mark_is_refused_not_scored(tiny_model, tmp_p
     assert rows[1]["error"] == f"{path}:2: holds a NUL byte: binary data, not text"
 
 
+@pytest.mark.slow
 def test_a_long_csv_field_is_read(tiny_model, tmp_path):
     path = write_table(tmp_path / "r.csv", [{"id": "1", "text": " ".join([POS] * 30_000)}, {"id": "2", "text": NEG}])
     assert path.stat().st_size > 500_000
@@ -95,6 +100,7 @@ def test_a_long_csv_field_is_read(tiny_model, tmp_path):
                                                                   (len(NEG), "negative")]
 
 
+@pytest.mark.slow
 def test_blank_lines_at_the_end_of_a_csv_are_no_rows_but_one_between_rows_is_kept(tiny_model, tmp_path):
     path = tmp_path / "r.csv"
     path.write_text(f"id,text\n1,{POS}\n2,{NEG}\n\n")
@@ -111,6 +117,7 @@ def test_blank_lines_at_the_end_of_a_csv_are_no_rows_but_one_between_rows_is_kep
         ("2", "positive", False), ("3", "", True), ("4", "negative", False)]
 
 
+@pytest.mark.slow
 def test_a_tsv_field_that_starts_with_a_quote_is_text(tiny_model, tmp_path):
     path = tmp_path / "r.tsv"
     path.write_text('id\ttext\n1\t"Wonderful" superb loved it\n'

@@ -44,6 +44,7 @@ def _special_files(folder: Path) -> dict[str, Path]:
     return made
 
 
+@pytest.mark.slow
 def test_an_output_that_is_not_a_regular_file_is_refused_before_any_work(tiny_model, tmp_path):
     reviews = tmp_path / "r.txt"
     reviews.write_text(f"{POS}\n")
@@ -68,6 +69,7 @@ def test_an_output_that_is_not_a_regular_file_is_refused_before_any_work(tiny_mo
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_an_input_is_never_replaced_under_another_name(tiny_model, tmp_path):
     folder = tmp_path / "reviews"
     folder.mkdir()
@@ -171,6 +173,7 @@ else:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when, entry", [("import", "sentiment"), ("load", "sentiment"), ("import", "train.py")])
 def test_ctrl_c_during_start_up_is_one_line_and_130(tiny_model, tmp_path, when, entry):
     reviews = tmp_path / "r.txt"
@@ -186,6 +189,7 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(tiny_model, tmp_path, when, 
     assert result.stdout == "" and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_skip_goes_on_when_the_first_chunk_is_only_error_rows(tiny_model, tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"text": 1}\n{"text": 2}\n' + f'{{"text": "{POS}"}}\n{{"text": "{NEG}"}}\n')

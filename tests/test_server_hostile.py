@@ -154,6 +154,7 @@ def test_other_web_pages_get_no_cross_origin_access_by_default(http):
         assert preflight.status_code == 400 and preflight.json() == {"error": "Disallowed CORS origin"}
 
 
+@pytest.mark.slow
 def test_serve_says_when_the_host_is_not_an_address_of_this_machine(tiny_model):
     not_an_address = run_cli("serve.py", "--model", tiny_model, "--host", "256.1.1.1", timeout=120)
     assert not_an_address.returncode == 2
@@ -175,6 +176,7 @@ def roomy(tiny_model, tmp_path_factory):
     running.stop()
 
 
+@pytest.mark.slow
 def test_an_origin_the_user_allows_gets_cross_origin_access(roomy):
     allowed = {"origin": "http://app.example:8080"}
     response = httpx.get(roomy.url + "api/v1/models", headers=allowed)

@@ -2,9 +2,11 @@
 about 1.5 s here, and training, scikit-learn, datasets and matplotlib add over a second)."""
 import json
 
+import pytest
+
 from conftest import run_cli, write_table
 
-HEAVY = ("sentiment.training", "sentiment.pretrain", "sklearn", "datasets", "matplotlib", "ray")
+HEAVY = ("sentiment.train.training", "sentiment.train.pretrain", "sklearn", "datasets", "matplotlib", "ray")
 
 # Runs a command in this process and prints, at exit, the top-level modules it imported.
 WRAP = """import json, runpy, sys
@@ -22,17 +24,19 @@ def imported(result) -> set[str]:
     return set(json.loads(line[len("MODULES "):]))
 
 
+@pytest.mark.slow
 def test_score_imports_no_training_code(tiny_model, tmp_path):
     (tmp_path / "one.txt").write_text("a wonderful film\n")
     result = run_cli("-c", WRAP, "score", tmp_path / "one.txt", "--model", tiny_model)
     assert result.returncode == 0, result.stderr
     modules = imported(result)
-    assert "sentiment.score" in modules and "torch" in modules
+    assert "sentiment.scoring.score" in modules and "torch" in modules
     assert not modules & set(HEAVY), modules & set(HEAVY)
 
 
+@pytest.mark.slow
 def test_serve_imports_no_training_code(tiny_model):
-    script = ("import sys, json; from sentiment.server import build_server, load_models; "
+    script = ("import sys, json; from sentiment.serve.server import build_server, load_models; "
               f"build_server(load_models([{str(tiny_model)!r}])); "
               "print(json.dumps(sorted({m if m.startswith('sentiment.') else m.split('.')[0] for m in sys.modules})))")
     result = run_cli("-c", script)
@@ -42,6 +46,7 @@ def test_serve_imports_no_training_code(tiny_model):
     assert not modules & set(HEAVY), modules & set(HEAVY)
 
 
+@pytest.mark.slow
 def test_evaluate_without_plots_imports_no_training_or_plotting(tiny_model, tmp_path):
     data = write_table(tmp_path / "l.csv", [{"text": "wonderful superb", "label": 1},
                                             {"text": "awful boring", "label": 0}])
@@ -49,4 +54,4 @@ def test_evaluate_without_plots_imports_no_training_or_plotting(tiny_model, tmp_
     assert result.returncode == 0, result.stderr
     modules = imported(result)
     # evaluate reads labelled data through the datasets cache and computes scikit-learn's metrics.
-    assert not modules & {"sentiment.training", "sentiment.pretrain", "matplotlib", "ray"}
+    assert not modules & {"sentiment.train.training", "sentiment.train.pretrain", "matplotlib", "ray"}

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, run_cli, write_archive, write_stanford_folder
 from sentiment import load_bundle
-from sentiment.training import WeightAverage, adversarial_perturbation, epoch_order
+from sentiment.train.training import WeightAverage, adversarial_perturbation, epoch_order
 
 FAST = ["--embedding-dim", "16", "--hidden-size", "16", "--max-len", "32", "--batch-size", "16",
         "--vocab-size", "100", "--lr", "0.01", "--dropout", "0.1"]
@@ -38,6 +38,7 @@ def _history(run_dir):
     return [{k: v for k, v in h.items() if k != "seconds"} for h in json.loads((run_dir / "history.json").read_text())]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rnncell", "rnn", "lstm", "bilstm"])
 def test_train_writes_a_bundle_that_learned(tiny_archive, tmp_path, kind):
     out = tmp_path / "run"
@@ -57,6 +58,7 @@ def test_train_writes_a_bundle_that_learned(tiny_archive, tmp_path, kind):
     assert config["trained"]["finished"] is True and config["data_fingerprint"]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_metrics(tiny_archive, tmp_path):
     runs = []
     for name in ("a", "b"):
@@ -298,6 +300,7 @@ def test_weight_average_forgets_the_start_and_follows_the_weights():
     assert average.state["weight"] is not model.weight  # a copy, not the live weights
 
 
+@pytest.mark.slow
 def test_bad_regularisation_options_are_named():
     result = run_cli("train.py", "--word-dropout", "1.5")
     assert result.returncode == 2 and "--word-dropout must be in [0, 1) (got 1.5)" in result.stderr
@@ -308,7 +311,7 @@ def test_bad_regularisation_options_are_named():
 
 
 def test_recipe_sizes_follow_the_model_and_pretraining():
-    from sentiment.training import TrainConfig
+    from sentiment.train.training import TrainConfig
 
     def sizes(**options):
         config = TrainConfig(**options)
@@ -322,6 +325,7 @@ def test_recipe_sizes_follow_the_model_and_pretraining():
     assert sizes(model="bilstm", num_layers=3, embedding_dim=64) == (64, 3)  # given options win
 
 
+@pytest.mark.slow
 def test_two_layer_bilstm_language_model_is_refused_before_reading_data(tmp_path):
     result = run_cli("train.py", "--model", "bilstm", "--pretrain", "lm", "--num-layers", "2",
                      "--data", tmp_path / "missing.tar.gz")
@@ -356,6 +360,7 @@ def test_adversarial_perturbation_raises_the_loss_more_than_a_random_one(kind):
     assert (pushed > clean).all() and (pushed - clean).mean() > 3 * (shaken - clean).abs().mean()
 
 
+@pytest.mark.slow
 def test_adversarial_training_learns_and_is_recorded(tiny_archive, tmp_path):
     out = tmp_path / "run"
     result = run_cli("train.py", "--model", "lstm", "--data", tiny_archive, "--epochs", "6", "--out", out,

@@ -34,6 +34,7 @@ def _config(run):
     return json.loads((run / "config.json").read_text())
 
 
+@pytest.mark.slow
 def test_training_data_without_words_is_refused_before_anything_is_written(tmp_path):
     data = write_table(tmp_path / "empty.jsonl", [{"text": "" if i % 4 else " !? ", "label": i % 2}
                                                   for i in range(200)])

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import SentimentError
+from ..errors import SentimentError
 
 
 @dataclass

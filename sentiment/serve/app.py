@@ -22,10 +22,10 @@ from pathlib import Path  # noqa: E402
 import threading  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 
-from .errors import SentimentError  # noqa: E402
-from .options import check_whole  # noqa: E402
+from ..errors import SentimentError  # noqa: E402
+from ..options import check_whole  # noqa: E402
 from .page_queue import queue_bounded  # noqa: E402
-from .predict import NOTHING_TO_JUDGE, PRECISIONS, Classifier  # noqa: E402
+from ..predict import NOTHING_TO_JUDGE, PRECISIONS, Classifier  # noqa: E402
 
 EXAMPLES = [
     "One of the best films I have seen this year. The cast is superb and the ending moved me to tears.",
@@ -109,7 +109,7 @@ class ServeConfig:
 
 def card_text(clf: Classifier) -> str:
     """The bundle's model card (its README.md, else one made from its config.json), for people."""
-    from .card import CARD, card_body, card_markdown
+    from ..card import CARD, card_body, card_markdown
 
     path = Path(clf.path) / CARD if clf.path else None
     try:
@@ -208,7 +208,8 @@ class Views:
 
     def score_file(self, upload: dict | str | None):
         """Score an uploaded file: ``upload`` is the file input's value as sent (its path on the server)."""
-        from .score import TEXT_COLUMN_HINT, ScoreConfig, score
+        from ..batch import OUR_COLUMNS, TEXT_COLUMN_HINT, Counts, at_most, read_inputs, write_scored
+        from ..outputs import Output
 
         path = upload.get("path") if isinstance(upload, dict) else upload
         if not path or not isinstance(path, str):
@@ -225,9 +226,12 @@ class Views:
         remove_older(self.results, RESULT_TTL_S)
         out = Path(tempfile.mkdtemp(dir=self.results)) / f"{Path(path).stem}-scored.csv"
         try:
+            counts = Counts()
+            # The source column names the file as the user called it, not the server's copy.
+            records = at_most(read_inputs([path], names=[Path(path).name]), self.config.max_rows)
             with self.gate:
-                counts = score(ScoreConfig(inputs=[path], out=str(out), on_error="skip", progress=False,
-                                           names=[Path(path).name], max_rows=self.config.max_rows), self.main)
+                write_scored(self.main, records, Output("csv", str(out), "the scored file", list(OUR_COLUMNS)),
+                             counts, on_error="skip")
         except SentimentError as exc:
             shutil.rmtree(out.parent, ignore_errors=True)
             raise self.refuse(str(exc).replace(TEXT_COLUMN_HINT, "name the column text or review")) from None

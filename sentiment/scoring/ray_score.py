@@ -4,7 +4,7 @@ The work is the single-machine scorer's, cut along its own seams: each input fil
 read by one Ray task with this package's readers (so the rows, line numbers and error
 rows are exactly those of ``sentiment score``), in blocks of ``--chunk-size`` rows; a
 pool of ``--workers`` actors, each loading the model once, scores the blocks with
-:func:`sentiment.score.score_rows`; Ray writes the blocks as parts of one output
+:func:`sentiment.batch.score_rows`; Ray writes the blocks as parts of one output
 folder. Ray Data keeps the input order, so the parts sorted by name are the input
 rows in order. A worker that dies has its block scored again by another: every row
 comes out exactly once.
@@ -21,8 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import SentimentError
-from .readers import is_uri
+from ..errors import SentimentError
+from ..readers import is_uri
 
 RAY_MISSING = 'the Ray engine needs Ray Data, an optional extra: pip install -e ".[ray]"'
 PREDICTION_COLUMNS = ("prediction", "p_positive", "known_words")
@@ -48,7 +48,7 @@ def _encode_columns(records) -> list[dict[str, Any]]:
 def _read_file(name: str, text_column: str | None, chunk_size: int) -> Iterator:
     import pyarrow as pa
 
-    from .score import read_inputs
+    from ..batch import read_inputs
 
     chunk = []
     for record in read_inputs([name], text_column):
@@ -94,7 +94,7 @@ class Scorer:
                  threads: int | None = None):
         import torch
 
-        from .bundle import load_bundle
+        from ..bundle import load_bundle
 
         if threads:
             torch.set_num_threads(threads)
@@ -104,7 +104,7 @@ class Scorer:
     def __call__(self, batch):
         import pyarrow as pa
 
-        from .score import Record, score_rows
+        from ..batch import Record, score_rows
 
         records = [Record(r["source"], r["row"], r["text"], json.loads(r["columns"]), r["undecodable"], r["error"])
                    for r in batch.to_pylist()]
@@ -127,7 +127,7 @@ def score_dataset(dataset, model: str, text_column: str = "text", workers: int =
 
     class Predict:
         def __init__(self):
-            from .bundle import load_bundle
+            from ..bundle import load_bundle
 
             self.classifier = load_bundle(model, device=device, precision=precision)
 
@@ -159,7 +159,7 @@ def check_out_folder(out: str | None) -> str:
         raise SentimentError(f"--out {out} is a file; --engine ray writes a folder of parts: name a folder")
     if path.is_dir() and any(path.iterdir()):
         raise SentimentError(f"--out {out} is not empty; --engine ray writes its parts into a new or empty folder")
-    from .files import check_folder_target
+    from ..files import check_folder_target
 
     check_folder_target(path, "--out")
     return str(path.resolve())
@@ -184,7 +184,7 @@ def connect(address: str | None, workers: int):
 
 def score_on_ray(config) -> dict:
     """Run ``sentiment score --engine ray`` per ``config`` (a ScoreConfig); returns counts."""
-    from .bundle import default_model_dir, read_config
+    from ..bundle import default_model_dir, read_config
 
     ray = require_ray()
     fmt = config.format or "parquet"

@@ -26,22 +26,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import calibration
-from . import data as data_module
-from .bundle import load_bundle, save_bundle
+from .. import calibration
+from .. import data as data_module
+from ..bundle import load_bundle, save_bundle
 from .distributed import Processes, deal_out, device_kind, gather_rng
-from .errors import Interrupted, SentimentError
-from .files import write_atomic, write_text_atomic
+from ..errors import Interrupted, SentimentError
+from ..files import write_atomic, write_text_atomic
 from .loop import (CTRL_C, WeightAverage, adversarial_perturbation, cpu_copy, epoch_order,  # noqa: F401 (re-exported)
                    evaluate, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
-from .metrics import format_table
-from .models import SentimentRNN
-from .predict import uncalibrated
+from ..metrics import format_table
+from ..models import SentimentRNN
+from ..predict import uncalibrated
 from .pretrain import LM_WEIGHTS, load_lm_into, pretrain, save_lm
 from .recipes import TrainConfig, resumed_config
 from .runs import (CHECKPOINT, TOKENIZER, check_run_folder, clear_run_leftovers, default_out, load_checkpoint,
                    plot_history, save_checkpoint, versions, writing)
-from .text import MOST_SENTENCES, TextEncoder, excerpts, train_tokenizer
+from ..text import MOST_SENTENCES, TextEncoder, excerpts, train_tokenizer
 
 # The loop's pieces are imported from here by older code and tests too.
 __all__ = ["TrainConfig", "train", "prepare_data", "run_epoch", "epoch_order", "training_dtype", "WeightAverage",

@@ -9,8 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import LABELS
-from .text import words
+from ..data import LABELS
+from ..text import words
 
 
 class LinearBaseline:

@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import data as data_module
-from .errors import SentimentError
-from .models import MODEL_KINDS, ModelConfig
-from .options import check_whole
-from .predict import PRECISIONS
-from .text import TRUNCATE_SIDES
+from .. import data as data_module
+from ..errors import SentimentError
+from ..models import MODEL_KINDS, ModelConfig
+from ..options import check_whole
+from ..predict import PRECISIONS
+from ..text import TRUNCATE_SIDES
 
 
 def _opt(help: str, **extra) -> dict:
@@ -147,7 +147,7 @@ class TrainConfig:
 
     def _take_sizes_from(self, bundle: str) -> None:
         """A fine-tuned model keeps the kind, sizes and text pipeline of the bundle it starts from."""
-        from .bundle import read_config
+        from ..bundle import read_config
 
         config = read_config(bundle)
         model, text = config["model"], config["text"]
@@ -189,7 +189,7 @@ def typed_options(argv: list[str]) -> dict:
     command line is read again with no defaults."""
     import argparse
 
-    from .options import add_options
+    from ..options import add_options
 
     parser = argparse.ArgumentParser(add_help=False)
     add_options(parser, TrainConfig)
@@ -203,7 +203,7 @@ def typed_options(argv: list[str]) -> dict:
 def resumed_config(recorded: dict, typed: dict, run_dir: Path) -> TrainConfig:
     """The recorded options of the run in ``run_dir``, with the typed ones that may change;
     any other typed option that differs is refused, naming it, rather than ignored."""
-    from .options import option_name
+    from ..options import option_name
 
     changed = {}
     for name, value in typed.items():

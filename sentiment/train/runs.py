@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .bundle import clear_leftovers
-from .errors import SentimentError
-from .files import check_folder_target, write_atomic
+from ..bundle import clear_leftovers
+from ..errors import SentimentError
+from ..files import check_folder_target, write_atomic
 
 CHECKPOINT = "checkpoint.pt"
 TOKENIZER = "tokenizer.json"
@@ -143,7 +143,7 @@ def clear_run_leftovers(run_dir: Path) -> None:
 def versions() -> dict:
     import tokenizers
 
-    from . import __version__
+    from .. import __version__
 
     return {"sentiment": __version__, "torch": torch.__version__, "tokenizers": tokenizers.__version__,
             "python": sys.version.split()[0]}

@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException
 
 from .app import ServeConfig, build_app
-from .data import LABELS
-from .errors import SentimentError
+from ..data import LABELS
+from ..errors import SentimentError
 from .http_limits import Guard, server_config
-from .predict import Classifier
+from ..predict import Classifier
 
 API = "/api/v1"
 # Each endpoint's methods; a GET also answers HEAD (the same headers, no body).
@@ -288,13 +288,13 @@ def build_server(classifiers: dict[str, Classifier], config: ServeConfig | None 
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
 
 def load_models(paths: list[str], precision: str = "float32") -> dict[str, Classifier]:
-    from .bundle import default_model_dir, load_bundle, model_names
+    from ..bundle import default_model_dir, load_bundle, model_names
 
     paths = paths or [str(default_model_dir())]
     return {name: load_bundle(path, precision=precision) for name, path in zip(model_names(paths), paths)}

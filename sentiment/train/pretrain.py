@@ -27,13 +27,13 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from .bundle import read_tensors, shape_mismatch
+from ..bundle import read_tensors, shape_mismatch
 from .distributed import Processes, deal_out
-from .files import write_atomic
+from ..files import write_atomic
 from .loop import epoch_order, resume_stage, run_epoch, start_stage, state_copy
-from .errors import SentimentError
-from .models import SentimentRNN
-from .text import PAD_ID, Encoded
+from ..errors import SentimentError
+from ..models import SentimentRNN
+from ..text import PAD_ID, Encoded
 
 LM_WEIGHTS = "lm.safetensors"
 SHARED_PREFIXES = ("embedding.", "encoder.")

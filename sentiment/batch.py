@@ -1,89 +1,33 @@
-"""Batch scoring: reviews from files or stdin, streamed in chunks, to csv/jsonl/parquet.
+"""Reviews from files, scored as rows: the engine of the ``score`` command, its Ray engine
+and the web page's file tab, so all three read and score files the same way.
 
 Every input row comes out, in input order, with its location, the predicted label and
-``p_positive``; nothing is dropped. Memory stays flat whatever the input size: rows are
-read, scored and written one chunk at a time. A file output appears under its final
-name only when complete (written to a temporary file, then renamed).
-
-The web page's file tab calls :func:`score_rows` too, so both score files the same way.
+``p_positive``; nothing is dropped. Rows are read and scored one chunk at a time, so
+memory stays flat whatever the input size.
 """
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 from .errors import SentimentError
-from .files import check_file_target, clear_tmp_files, write_atomic
-from .options import check_whole
 from .outputs import Output
-from .predict import PRECISIONS, Classifier
+from .predict import Classifier
 from .readers import NUL_IN_LINE, decode, decoded_lines, is_uri, iter_rows, not_text, open_binary
 
-OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
+
 TEXT_COLUMNS = ("text", "review")
+
+
 # known_words 0 marks a row the model could not judge (no word of its vocabulary): its
 # prediction and p_positive stay empty, but the row is written like every other.
 OUR_COLUMNS = ("source", "row", "prediction", "p_positive", "known_words", "error")
+
+
 INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
 
-
-@dataclass
-class ScoreConfig:
-    """Options of ``sentiment score``."""
-
-    inputs: list[str] = field(default_factory=list, metadata={"cli": False})
-    model: str | None = field(default=None, metadata={"help": "model bundle folder (default: the shipped model)",
-                                                      "metavar": "DIR"})
-    out: str | None = field(default=None, metadata={"help": "output file (default: standard output)",
-                                                    "metavar": "FILE"})
-    format: str | None = field(default=None, metadata={
-        "help": "output format (default: from --out's suffix, else csv)", "choices": OUTPUT_FORMATS})
-    text_column: str | None = field(default=None, metadata={
-        "help": "text column of csv/tsv/jsonl/parquet inputs (default: text or review)", "metavar": "NAME"})
-    on_error: str = field(default="stop", metadata={
-        "help": "a malformed row stops the run with its file and line (stop), or becomes an error row (skip)",
-        "choices": ("stop", "skip")})
-    precision: str = field(default="auto", metadata={
-        "help": "auto: bfloat16 where the CPU/GPU has it (about 2x faster), else float32",
-        "choices": PRECISIONS})
-    chunk_size: int = field(default=4096, metadata={"help": "rows read and scored at a time", "metavar": "N"})
-    batch_size: int = field(default=256, metadata={"help": "reviews per forward pass", "metavar": "N"})
-    progress: bool | None = field(default=None, metadata={
-        "help": "progress bar with rows/s on stderr (default: when stderr is a terminal)"})
-    engine: str = field(default="local", metadata={
-        "help": "local: this process; ray: a Ray cluster (pip install -e \".[ray]\"; --out is then a folder of parts)",
-        "choices": ("local", "ray")})
-    address: str | None = field(default=None, metadata={
-        "help": "with --engine ray: the cluster to join (auto: the one running here; default: start a local one)",
-        "metavar": "ADDR"})
-    workers: int = field(default=2, metadata={"help": "with --engine ray: scoring workers, each holding the model",
-                                              "metavar": "N"})
-    device: str = field(default="cpu", metadata={"help": "with --engine ray: where workers compute",
-                                                 "choices": ("cpu", "cuda")})
-    names: list[str] | None = field(default=None, metadata={"cli": False})  # see read_inputs
-    max_rows: int | None = field(default=None, metadata={"cli": False})    # the page's cap per file
-
-    def __post_init__(self):
-        check_whole(self, ("chunk_size", "batch_size", "workers"))
-        if self.engine == "local" and (self.address or self.device != "cpu"):
-            raise SentimentError("--address and --device are options of --engine ray")
-
-    def output_format(self) -> str:
-        if self.format:
-            return self.format
-        if self.out:
-            suffix = Path(self.out).suffix.lower().lstrip(".")
-            if suffix in OUTPUT_FORMATS:
-                return suffix
-            raise SentimentError(f"--out {self.out}: cannot tell the format from the suffix; "
-                                 f"name it .csv, .jsonl or .parquet, or pass --format")
-        return "csv"
-
-
-# --- reading -------------------------------------------------------------------
 
 @dataclass
 class Record:
@@ -106,7 +50,7 @@ def _lines(stream: IO[bytes], source: str) -> Iterator[Record]:
 
 
 def _folder(path: Path, source: str) -> Iterator[Record]:
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
+    files = folder_reviews(path)
     if not files:
         raise SentimentError(f"{path}: a folder input must hold .txt files (one review each); found none")
     for file in files:
@@ -202,54 +146,6 @@ def folder_reviews(path: Path) -> list[Path]:
     """The files a folder input reads: its .txt files, one review each."""
     return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
 
-
-def check_inputs(inputs: Sequence[str], out: str | None = None) -> None:
-    """Fail before any work on an input that does not exist, or an output that would replace an input."""
-    if not inputs:
-        raise SentimentError("no input given: name files, folders, or - for standard input")
-    for name in inputs:
-        if name == "-" and sys.stdin is None:
-            raise SentimentError("-: standard input is closed; name a file to score")
-        if name != "-" and not is_uri(name) and not Path(name).exists():
-            raise SentimentError(f"{name}: no such file or directory")
-    if out:
-        _check_out_spares_inputs(inputs, out)
-
-
-def _stdin_file() -> os.stat_result | None:
-    try:
-        return os.fstat(sys.stdin.fileno())
-    except (AttributeError, OSError, ValueError):  # closed, or replaced by something without a file
-        return None
-
-
-def _check_out_spares_inputs(inputs: Sequence[str], out: str) -> None:
-    """The same file under any name (another spelling, a hard link, a member of an input
-    folder, the file on standard input) is the same inode on the same device."""
-    try:
-        target = os.stat(out)
-    except OSError:
-        return  # a new file replaces nothing
-
-    def same(found: os.stat_result | None) -> bool:
-        return found is not None and (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino)
-
-    refuse = "scoring would replace it; write the scores to another file"
-    for name in inputs:
-        if name == "-":
-            if same(_stdin_file()):
-                raise SentimentError(f"--out {out} is the file on standard input: {refuse}")
-        elif is_uri(name):
-            continue
-        elif Path(name).is_dir():
-            member = next((p for p in folder_reviews(Path(name)) if same(p.stat())), None)
-            if member is not None:
-                raise SentimentError(f"--out {out} is {member.name} of the input folder {name}: {refuse}")
-        elif same(os.stat(name)):
-            raise SentimentError(f"--out {out} is the input {name}: {refuse}")
-
-
-# --- scoring -------------------------------------------------------------------
 
 def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
     chunk: list[Record] = []
@@ -382,23 +278,7 @@ def score_rows(classifier: Classifier, records: Iterable[Record], chunk_size: in
         yield rows
 
 
-# --- writing -------------------------------------------------------------------
-
-def check_output(config: ScoreConfig) -> None:
-    """Fail before any work on an output that cannot be written; clear leftovers of a killed run."""
-    fmt = config.output_format()
-    check_inputs(config.inputs, config.out)
-    if fmt == "parquet" and not config.out:
-        raise SentimentError("--format parquet needs --out FILE (parquet cannot stream to a terminal)")
-    if not config.out:
-        if sys.stdout is None:
-            raise SentimentError("standard output is closed: name a file with --out")
-        return
-    check_file_target(config.out, "--out")
-    clear_tmp_files(config.out)  # what runs killed while writing left beside the output
-
-
-def _at_most(records: Iterable[Record], limit: int) -> Iterator[Record]:
+def at_most(records: Iterable[Record], limit: int) -> Iterator[Record]:
     for n, record in enumerate(records, 1):
         if n > limit:
             raise SentimentError(f"{record.source}: more than {limit:,} rows; score at most {limit:,} at a time here, "
@@ -406,50 +286,19 @@ def _at_most(records: Iterable[Record], limit: int) -> Iterator[Record]:
         yield record
 
 
-def score(config: ScoreConfig, classifier: Classifier) -> Counts:
-    """Run ``sentiment score``: read, score and write every input row."""
-    check_output(config)
-    counts = Counts()
-    if not config.out:
-        _write(config, classifier, counts, None)
-        return counts
+
+def write_scored(classifier: Classifier, records: Iterable[Record], output: Output, counts: Counts,
+                 chunk_size: int = 4096, batch_size: int = 256, on_error: str = "stop", bar=None) -> None:
+    """Score ``records`` into ``output`` chunk by chunk, and close it (released, finished or
+    not); an input that cannot be read is named as such, not taken for the output."""
     try:
-        write_atomic(config.out, lambda tmp: _write(config, classifier, counts, tmp))
-    except OSError as exc:
-        # The temporary file or the rename failed: nothing appears under the output's name.
-        raise SentimentError(f"--out {config.out}: writing failed ({exc.strerror or exc}); "
-                             "nothing was written") from None
-    return counts
-
-
-def _read(chunks: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
-    """Scored chunks, where an input that cannot be read is named as such, not taken for the output."""
-    try:
-        yield from chunks
-    except OSError as exc:
-        raise SentimentError(f"{exc.filename or 'input'}: reading failed ({exc.strerror or exc})") from None
-
-
-def _write(config: ScoreConfig, classifier: Classifier, counts: Counts, path: str | None) -> None:
-    """Score every input row into ``path`` (standard output when None)."""
-    output = Output(config.output_format(), path, f"--out {config.out}" if path else "standard output",
-                    list(OUR_COLUMNS))
-    try:
-        bar = None
-        if config.progress or (config.progress is None and sys.stderr.isatty()):
-            from tqdm import tqdm
-
-            bar = tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-        records = read_inputs(config.inputs, config.text_column, config.names)
-        if config.max_rows:
-            records = _at_most(records, config.max_rows)
-        for rows in _read(score_rows(classifier, records, config.chunk_size, config.batch_size, config.on_error,
-                                     counts)):
-            output.write(rows)
-            if bar is not None:
-                bar.update(len(rows))
-        if bar is not None:
-            bar.close()
+        try:
+            for rows in score_rows(classifier, records, chunk_size, batch_size, on_error, counts):
+                output.write(rows)
+                if bar is not None:
+                    bar.update(len(rows))
+        except OSError as exc:
+            raise SentimentError(f"{exc.filename or 'input'}: reading failed ({exc.strerror or exc})") from None
         output.close()
     finally:
         output.release()

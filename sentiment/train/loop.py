@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from .distributed import Processes, restore_rng, wrap
-from .metrics import classification_metrics
-from .predict import positive_probability, resolve_precision
-from .text import PAD_ID
+from ..metrics import classification_metrics
+from ..predict import positive_probability, resolve_precision
+from ..text import PAD_ID
 
 
 def evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device,

@@ -96,6 +96,12 @@ def test_a_lone_surrogate_is_read_as_a_replacement_character(server, endpoint):
         assert "".join(piece["token"] for piece in data[0]).count("\ufffd") == 2
 
 
+def test_a_lone_surrogate_alone_is_shown_back_as_a_replacement_character(server):
+    done, data = result(call(server.url, "explain", ["\ud800"]))
+    assert done, data
+    assert [piece["token"] for piece in data[0]] == ["\ufffd"] and data[1].startswith("No verdict")
+
+
 def test_api_page_lists_the_documented_endpoints_and_model_card_names_no_path(server, tiny_model):
     info = httpx.get(server.url + "gradio_api/info", timeout=30).json()
     assert sorted(info["named_endpoints"]) == ["/explain", "/predict"]

@@ -26,6 +26,7 @@ from ..errors import SentimentError  # noqa: E402
 from ..options import check_whole  # noqa: E402
 from .page_queue import queue_bounded  # noqa: E402
 from ..predict import NOTHING_TO_JUDGE, PRECISIONS, Classifier  # noqa: E402
+from ..readers import encodable  # noqa: E402
 
 EXAMPLES = [
     "One of the best films I have seen this year. The cast is superb and the ending moved me to tears.",
@@ -138,7 +139,9 @@ class Views:
         return gr.Error(message, print_exception=False)
 
     def check(self, text: str | None) -> str:
-        text = text or ""  # half a UTF-16 pair ("\ud800" in JSON) is read as U+FFFD by the model
+        # Half a UTF-16 pair ("\ud800" in JSON) becomes U+FFFD here, as the model reads it, so
+        # no answer that shows the text back (a review with no known word) carries it either.
+        text = encodable(text or "")
         if len(text) > self.config.max_chars:
             raise self.refuse(f"The review is {len(text):,} characters long; the limit is {self.config.max_chars:,}.")
         return text

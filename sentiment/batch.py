@@ -1,8 +1,9 @@
 """Reviews from files, scored as rows: the engine of the ``score`` command, its Ray engine
 and the web page's file tab, so all three read and score files the same way.
 
-Every input row comes out, in input order, with its location, the predicted label and
-``p_positive``; nothing is dropped. Rows are read and scored one chunk at a time, so
+Every input row comes out, in input order, with its location, the predicted label and the
+probability of each class (``p_positive`` for a negative/positive model, ``p_<class>`` for
+each class of others); nothing is dropped. Rows are read and scored one chunk at a time, so
 memory stays flat whatever the input size.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
+from .data import LABELS
 from .errors import SentimentError
 from .outputs import Output
 from .predict import Classifier
@@ -21,9 +23,20 @@ from .readers import NUL_IN_LINE, decode, decoded_lines, is_uri, iter_rows, not_
 TEXT_COLUMNS = ("text", "review")
 
 
+def probability_columns(classes: Sequence[str]) -> tuple[str, ...]:
+    """The output's probability columns: ``p_positive`` alone for a negative/positive model, as
+    outputs always had, else ``p_<class>`` for each class, in the model's order."""
+    return ("p_positive",) if tuple(classes) == LABELS else tuple(f"p_{c}" for c in classes)
+
+
+def our_columns(classes: Sequence[str] = LABELS) -> tuple[str, ...]:
+    """The columns the scorer adds to each row, for a model of ``classes``."""
+    return ("source", "row", "prediction", *probability_columns(classes), "known_words", "error")
+
+
 # known_words 0 marks a row the model could not judge (no word of its vocabulary): its
-# prediction and p_positive stay empty, but the row is written like every other.
-OUR_COLUMNS = ("source", "row", "prediction", "p_positive", "known_words", "error")
+# prediction and probabilities stay empty, but the row is written like every other.
+OUR_COLUMNS = our_columns(LABELS)
 
 
 INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
@@ -169,7 +182,8 @@ def _free_name(wanted: str, taken: Iterable[str]) -> str:
 class OutputRows:
     """Turns scored records into output rows with a fixed set of columns."""
 
-    def __init__(self):
+    def __init__(self, classes: Sequence[str] = LABELS):
+        self.ours = our_columns(classes)
         self.columns: list[str] | None = None
         self.known: set[str] = set()
         self.first_source = ""
@@ -182,14 +196,14 @@ class OutputRows:
         record = next((r for r in chunk if r.error is None), chunk[0])
         input_columns = [str(c) for c in record.columns]
         # Our columns never overwrite an input column of the same name.
-        for ours in OUR_COLUMNS:
+        for ours in self.ours:
             self.names[ours] = _free_name(ours, input_columns)
         n = self.names
-        self.columns = [n["source"], n["row"], *input_columns, *(n[c] for c in OUR_COLUMNS[2:])]
+        self.columns = [n["source"], n["row"], *input_columns, *(n[c] for c in self.ours[2:])]
         self.known = set(self.columns)  # a set: a row's columns are checked in time linear in their number
         self.first_source = record.source
 
-    def row(self, record: Record, label: str | None, p_positive: float | None,
+    def row(self, record: Record, label: str | None, probabilities: Sequence[float] | None,
             known_words: int | None) -> dict[str, Any]:
         if record.error is None:
             extra = [] if self.known.issuperset(record.columns) else [c for c in record.columns if c not in self.known]
@@ -204,7 +218,9 @@ class OutputRows:
         out = dict.fromkeys(self.columns)
         out.update(record.columns)
         out.update({n["source"]: record.source, n["row"]: record.row, n["prediction"]: label,
-                    n["p_positive"]: p_positive, n["known_words"]: known_words, n["error"]: record.error})
+                    n["known_words"]: known_words, n["error"]: record.error})
+        columns = self.ours[3:-2]
+        out.update(zip((n[c] for c in columns), probabilities or [None] * len(columns)))
         return out
 
 
@@ -252,7 +268,7 @@ def score_rows(classifier: Classifier, records: Iterable[Record], chunk_size: in
                on_error: str = "stop", counts: Counts | None = None) -> Iterator[list[dict[str, Any]]]:
     """Score records chunk by chunk; yields lists of output rows in input order."""
     counts = counts if counts is not None else Counts()
-    output = OutputRows()
+    output = OutputRows(classifier.labels)
     for chunk in _until_parsed(_chunks(records, chunk_size), on_error):
         counts.read += len(chunk)
         for record in chunk:
@@ -264,18 +280,24 @@ def score_rows(classifier: Classifier, records: Iterable[Record], chunk_size: in
         output.start(chunk)
         good = [r for r in chunk if r.error is None]
         scores = classifier.scores([r.text for r in good], batch_size) if good else None
-        scored = zip(scores.labels(), scores.p_positive.tolist(), scores.known_words.tolist()) if good else iter(())
+        scored = zip(scores.labels(), shown_probabilities(scores), scores.known_words.tolist()) if good else iter(())
         rows = []
         for record in chunk:
             if record.error is None:
                 label, p, known = next(scored)
                 counts.unjudged += label is None
-                rows.append(output.row(record, label, None if label is None else round(p, 6), known))
+                rows.append(output.row(record, label, None if label is None else p, known))
             else:
                 counts.errors += 1
                 rows.append(output.row(record, None, None, None))
         counts.written += len(rows)
         yield rows
+
+
+def shown_probabilities(scores) -> list[list[float]]:
+    """Each review's values of ``probability_columns``, rounded to 6 decimals as outputs show them."""
+    shown = scores.probabilities[:, 1:] if scores.sentiment else scores.probabilities
+    return [[round(p, 6) for p in row] for row in shown.tolist()]
 
 
 def at_most(records: Iterable[Record], limit: int) -> Iterator[Record]:

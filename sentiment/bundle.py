@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .calibration import Calibration
+from .data import LABELS
 from .card import CARD, card_markdown, write_card
 from .errors import SentimentError
 from .files import exchange, umask, write_text_atomic
@@ -60,6 +61,7 @@ def save_bundle(path: str | Path, model: SentimentRNN, encoder: TextEncoder, con
     bundle caught between two renames is refused when loaded, never read as a mix.
     """
     path = Path(path)
+    labels = [str(label) for label in (config.get("labels") or LABELS)]
     path.parent.mkdir(parents=True, exist_ok=True)
     clear_leftovers(path)
     dtype = {"float32": torch.float32, "float16": torch.float16}[weights_dtype]
@@ -74,7 +76,10 @@ def save_bundle(path: str | Path, model: SentimentRNN, encoder: TextEncoder, con
             "model": model.config.to_dict(),
             "text": {"max_len": encoder.max_len, "truncate": encoder.truncate,
                      "vocab_size": encoder.vocab_size},
-            "labels": list(Classifier.classes_),
+            # The classes in the order of the head's outputs, and the maps Hugging Face configs hold.
+            "labels": labels,
+            "id2label": {str(i): label for i, label in enumerate(labels)},
+            "label2id": {label: i for i, label in enumerate(labels)},
             "weights": {"dtype": weights_dtype, "sha256": _sha256(tmp / WEIGHTS)},
             "tokenizer": {"sha256": _sha256(tmp / TOKENIZER)},
         }
@@ -290,6 +295,11 @@ def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32
     if encoder.vocab_size != model_config.vocab_size:
         raise SentimentError(f"{path / TOKENIZER}: vocabulary of {encoder.vocab_size} tokens, but "
                              f"{CONFIG} says the model has {model_config.vocab_size}")
+    labels = config.get("labels", list(LABELS))
+    if (not isinstance(labels, list) or len(labels) != model_config.num_classes or len(set(labels)) != len(labels)
+            or not all(isinstance(label, str) and label for label in labels)):
+        raise SentimentError(f"{path / CONFIG}: 'labels' must list the model's {model_config.num_classes} classes, "
+                             f"distinct names (got {labels!r})")
     state = read_weights(path, config, model_config)
     model = SentimentRNN(model_config)
     model.load_state_dict({k: v.float() for k, v in state.items()})

@@ -123,9 +123,40 @@ def _clipped(p) -> np.ndarray:
     return np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
 
 
+# Every function below takes a model's probabilities as P(positive) [n] or as [n, K] (one column
+# per class). Two columns are read as P(class 1), the arithmetic of the binary models it always
+# was, so their figures do not move; three or more use the softmax over log-probabilities.
+def _positive(p) -> np.ndarray | None:
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim == 1:
+        return p
+    return p[:, 1] if p.shape[1] == 2 else None
+
+
+def predicted_classes(p) -> np.ndarray:
+    """The class id each row of probabilities predicts: P(class 1) >= 0.5 for two classes (so a
+    tie goes to class 1, as always), the likeliest class for more."""
+    binary = _positive(p)
+    if binary is not None:
+        return (binary >= 0.5).astype(np.int64)
+    return np.asarray(p).argmax(axis=1).astype(np.int64)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _multi_nll(labels: np.ndarray, log_q: np.ndarray) -> float:
+    return float(-np.mean(np.maximum(log_q[np.arange(len(labels)), labels.astype(int)], math.log(EPS))))
+
+
 def mean_nll(labels: np.ndarray, p_positive) -> float:
-    """The mean negative log-likelihood of 0/1 ``labels`` under P(positive) (clipped off 0 and 1)."""
-    p = _clipped(p_positive)
+    """The mean negative log-likelihood of ``labels`` under the probabilities (clipped off 0 and 1)."""
+    binary = _positive(p_positive)
+    if binary is None:
+        return _multi_nll(np.asarray(labels), np.log(_clipped(p_positive)))
+    p = _clipped(binary)
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
@@ -133,35 +164,54 @@ def reliability_bins(labels, p_positive, bins: int = ECE_BINS) -> list[tuple[flo
     """(share of reviews, mean confidence, accuracy) of each non-empty bin of ``bins``
     equal-width bins of the predicted class's probability: ECE's terms, and the reliability diagram."""
     labels = np.asarray(labels, dtype=np.float64)
-    p = _clipped(p_positive)
-    confidence = np.maximum(p, 1 - p)
-    correct = ((p >= 0.5) == (labels == 1)).astype(np.float64)
+    binary = _positive(p_positive)
+    if binary is None:
+        p = np.asarray(p_positive, dtype=np.float64)
+        confidence = p.max(axis=1)
+        correct = (p.argmax(axis=1) == labels).astype(np.float64)
+    else:
+        p = _clipped(binary)
+        confidence = np.maximum(p, 1 - p)
+        correct = ((p >= 0.5) == (labels == 1)).astype(np.float64)
     which = np.minimum((confidence * bins).astype(int), bins - 1)
     return [(float(in_bin.mean()), float(confidence[in_bin].mean()), float(correct[in_bin].mean()))
             for in_bin in (which == b for b in range(bins)) if in_bin.any()]
 
 
 def calibration_metrics(labels, p_positive, bins: int = ECE_BINS) -> dict:
-    """ECE (``bins`` equal-width bins of the predicted class's probability), NLL and Brier score."""
+    """ECE (``bins`` equal-width bins of the predicted class's probability), NLL and Brier score
+    (for K classes, the sum over classes of the squared error, as Brier defined it)."""
     labels = np.asarray(labels, dtype=np.float64)
     ece = 0.0
     for share, confidence, accuracy in reliability_bins(labels, p_positive, bins):
         ece += share * abs(accuracy - confidence)
-    brier = float(np.mean((_clipped(p_positive) - labels) ** 2))
+    binary = _positive(p_positive)
+    if binary is None:
+        p = np.asarray(p_positive, dtype=np.float64)
+        brier = float(np.mean(((p - np.eye(p.shape[1])[labels.astype(int)]) ** 2).sum(axis=1)))
+    else:
+        brier = float(np.mean((_clipped(binary) - labels) ** 2))
     return {"ece": float(ece), "nll": mean_nll(labels, p_positive), "brier": brier}
 
 
 def fit_temperature(labels, p_positive, low: float = 0.25, high: float = 10.0) -> float:
-    """The temperature that minimises the NLL of ``labels`` under ``p_positive``'s logits / T.
+    """The temperature that minimises the NLL of ``labels`` under the probabilities' logits / T.
 
-    ``p_positive`` must come from the uncalibrated network (temperature 1). The NLL is
+    The probabilities must come from the uncalibrated network (temperature 1). The NLL is
     unimodal in log T, so a golden-section search over [low, high] finds it.
     """
     labels = np.asarray(labels, dtype=np.float64)
-    z = logit(p_positive)
+    binary = _positive(p_positive)
+    if binary is None:
+        z = np.log(_clipped(p_positive))
 
-    def nll(log_t: float) -> float:
-        return mean_nll(labels, sigmoid(z / np.exp(log_t)))
+        def nll(log_t: float) -> float:
+            return _multi_nll(labels, _log_softmax(z / np.exp(log_t)))
+    else:
+        z = logit(binary)
+
+        def nll(log_t: float) -> float:
+            return mean_nll(labels, sigmoid(z / np.exp(log_t)))
 
     a, b = np.log(low), np.log(high)
     ratio = (np.sqrt(5) - 1) / 2
@@ -176,33 +226,55 @@ def fit_temperature(labels, p_positive, low: float = 0.25, high: float = 10.0) -
     return float(np.exp((a + b) / 2))
 
 
+def _nll_and_gradient(labels: np.ndarray, p, log_n: np.ndarray):
+    """NLL of ``labels`` under the probabilities at T(n) = exp(w0 + w1 ln n), and its gradient in w."""
+    binary = _positive(p)
+    if binary is not None:
+        z = logit(binary)
+
+        def binary_nll(w: np.ndarray) -> tuple[float, np.ndarray]:
+            u = z * np.exp(-(w[0] + w[1] * log_n))
+            q = _clipped(sigmoid(u))
+            d = -(q - labels) * u  # d NLL / d log T, per review
+            return mean_nll(labels, q), np.array([d.mean(), (d * log_n).mean()])
+        return binary_nll
+    z = np.log(_clipped(p))
+    onehot = np.eye(z.shape[1])[labels.astype(int)]
+
+    def multi_nll(w: np.ndarray) -> tuple[float, np.ndarray]:
+        u = z * np.exp(-(w[0] + w[1] * log_n))[:, None]
+        log_q = _log_softmax(u)
+        d = -((np.exp(log_q) - onehot) * u).sum(axis=1)  # d NLL / d log T, per review
+        return _multi_nll(labels, log_q), np.array([d.mean(), (d * log_n).mean()])
+    return multi_nll
+
+
 def fit_length_temperature(labels, p_positive, lengths) -> Calibration:
-    """The ``Calibration`` (log_t, slope) that minimises the NLL of ``labels`` under
-    ``p_positive``'s logits / T(length); one temperature (slope 0) where the lengths hardly differ."""
+    """The ``Calibration`` (log_t, slope) that minimises the NLL of ``labels`` under the
+    probabilities' logits / T(length); one temperature (slope 0) where the lengths hardly differ."""
     from scipy.optimize import minimize
 
     labels = np.asarray(labels, dtype=np.float64)
-    z = logit(p_positive)
     log_n = np.log(np.maximum(np.asarray(lengths, dtype=np.float64), 1.0))
     one = Calibration(math.log(fit_temperature(labels, p_positive)), 0.0)
     low, high = np.percentile(log_n, [5, 95])
     if high - low < math.log(MIN_LENGTH_SPREAD):
         return one
-
-    def nll_and_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
-        u = z * np.exp(-(w[0] + w[1] * log_n))
-        q = _clipped(sigmoid(u))
-        d = -(q - labels) * u  # d NLL / d log T, per review
-        return mean_nll(labels, q), np.array([d.mean(), (d * log_n).mean()])
-
-    found = minimize(nll_and_gradient, np.array([one.log_t, one.slope]), jac=True, method="L-BFGS-B",
-                     bounds=FIT_BOUNDS)
+    found = minimize(_nll_and_gradient(labels, p_positive, log_n), np.array([one.log_t, one.slope]), jac=True,
+                     method="L-BFGS-B", bounds=FIT_BOUNDS)
     return Calibration(float(found.x[0]), float(found.x[1]))
 
 
 def rescale(p_positive, temperature) -> np.ndarray:
     """Probabilities of the network at temperature 1, as they are at ``temperature`` (one, or one per review)."""
-    return sigmoid(logit(p_positive) / temperature)
+    p = np.asarray(p_positive, dtype=np.float64)
+    if p.ndim <= 1:
+        return sigmoid(logit(p) / temperature)
+    t = np.reshape(np.asarray(temperature, dtype=np.float64), (-1, 1))
+    if p.shape[1] == 2:
+        positive = sigmoid(logit(p[:, 1]) / t[:, 0])
+        return np.stack([1.0 - positive, positive], axis=1)
+    return np.exp(_log_softmax(np.log(_clipped(p)) / t))
 
 
 def _rounded(metrics: dict) -> dict:
@@ -214,18 +286,19 @@ def fit(texts: Sequence[str], labels, uncalibrated: Callable[[Sequence[str]], tu
     """Fit the length-aware temperature on held-out ``texts`` (the validation split) and their
     excerpts, and say what it did: the ``calibration`` section of config.json.
 
-    ``uncalibrated(texts)`` gives the network's P(positive) at temperature 1 and the number of
+    ``uncalibrated(texts)`` gives the network's probabilities ([n, K], or P(positive)) at temperature 1 and the number of
     words it read of each text. With fewer than ``MIN_REVIEWS`` reviews, or one class only,
     nothing is fitted (T = 1) and the record says why."""
     labels = np.asarray(labels)
     if len(labels) < MIN_REVIEWS or len(set(labels.tolist())) < 2:
         return {"method": "none", "n": int(len(labels)),
-                "reason": f"{len(labels)} validation reviews{'' if len(set(labels.tolist())) == 2 else ' of one class'}; "
-                          f"a temperature needs at least {MIN_REVIEWS} of both classes"}
+                "reason": f"{len(labels)} validation reviews{'' if len(set(labels.tolist())) >= 2 else ' of one class'}; "
+                          f"a temperature needs at least {MIN_REVIEWS} of two classes or more"}
     short, short_labels = excerpts(texts, labels, seed, EXCERPTS_PER_REVIEW)
     p_reviews, n_reviews = uncalibrated(texts)
-    p_short, n_short = uncalibrated(short) if short else (np.empty(0), np.empty(0))
-    fitted = fit_length_temperature(np.r_[labels, short_labels], np.r_[p_reviews, p_short], np.r_[n_reviews, n_short])
+    p_short, n_short = uncalibrated(short) if short else (p_reviews[:0], n_reviews[:0])
+    fitted = fit_length_temperature(np.r_[labels, short_labels], np.concatenate([p_reviews, p_short]),
+                                    np.r_[n_reviews, n_short])
     record = {"method": "length_temperature", "log_t": round(fitted.log_t, 6), "slope": round(fitted.slope, 6),
               "temperature_at": {str(n): round(float(fitted.temperatures([n])[0]), 3) for n in SHOWN_LENGTHS},
               "fitted_on": f"validation reviews and {EXCERPTS_PER_REVIEW} excerpts of 1-{MOST_SENTENCES} "

@@ -77,6 +77,13 @@ def _figures(config: dict) -> list[str]:
     return rows
 
 
+def _answers(config: dict) -> str:
+    labels = config.get("labels") or ["negative", "positive"]
+    if list(labels) == ["negative", "positive"]:
+        return "P(positive)"
+    return f"the probability of each of its {len(labels)} classes ({', '.join(f'`{c}`' for c in labels)})"
+
+
 def card_markdown(config: dict) -> str:
     """The whole ``README.md`` of a bundle with this ``config.json``."""
     model, text = config["model"], config["text"]
@@ -94,7 +101,8 @@ def card_markdown(config: dict) -> str:
         f"A `{kind}` recurrent classifier of the sentiment of English movie reviews: embedding "
         f"{model['embedding_dim']}, hidden size {model['hidden_size']}, {model['num_layers']} layer(s), over a "
         f"vocabulary of {text['vocab_size'] - 2:,} words plus `<unk>` and `<pad>`. It reads at most "
-        f"{text['max_len']} words (the {text['truncate']} of a longer review) and answers P(positive).", "",
+        f"{text['max_len']} words (the {text['truncate']} of a longer review) and answers "
+        f"{_answers(config)}.", "",
         "## Intended use", "",
         "English movie reviews, from a sentence to a few paragraphs, scored with the `sentiment` package "
         "(`sentiment.load_bundle`, `python -m sentiment score`, `python serve.py`). Loading runs no code: "

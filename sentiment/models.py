@@ -29,7 +29,8 @@ MODEL_KINDS = ("rnncell", "rnn", "lstm", "bilstm")
 # The largest sizes a model may have: far above the shipped models (10,002 words, 128-256
 # wide, 1-2 layers), low enough that a config.json asking for more is refused before any
 # memory is taken for it.
-SIZE_LIMITS = {"vocab_size": 1_000_000, "embedding_dim": 4096, "hidden_size": 4096, "num_layers": 16}
+SIZE_LIMITS = {"vocab_size": 1_000_000, "embedding_dim": 4096, "hidden_size": 4096, "num_layers": 16,
+               "num_classes": 100_000}
 
 
 @dataclass
@@ -43,6 +44,8 @@ class ModelConfig:
     num_layers: int = 1
     dropout: float = 0.4
     word_dropout: float = 0.0
+    # The head's outputs, one per class; bundles written before label lists had 2.
+    num_classes: int = 2
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -52,6 +55,8 @@ class ModelConfig:
         for name in ("dropout", "word_dropout"):
             if not isinstance(getattr(self, name), (int, float)) or not 0 <= getattr(self, name) < 1:
                 raise SentimentError(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+        if self.num_classes < 2:
+            raise SentimentError(f"num_classes must be at least 2 (got {self.num_classes})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +81,8 @@ class ModelConfig:
             for prefix in prefixes:
                 shapes.update({f"{prefix}weight_ih{suffix}": (rows, width), f"{prefix}weight_hh{suffix}": (rows, h),
                                f"{prefix}bias_ih{suffix}": (rows,), f"{prefix}bias_hh{suffix}": (rows,)})
-        shapes.update({"head.weight": (2, 3 * h * self.directions), "head.bias": (2,)})
+        k = self.num_classes
+        shapes.update({"head.weight": (k, 3 * h * self.directions), "head.bias": (k,)})
         return shapes
 
 
@@ -170,7 +176,7 @@ class SentimentRNN(nn.Module):
         else:
             self.encoder = RecurrentLayers("RNN" if c.kind == "rnn" else "LSTM", c.embedding_dim, c.hidden_size,
                                            c.num_layers, between, bidirectional=c.kind == "bilstm")
-        self.head = nn.Linear(3 * c.hidden_size * c.directions, 2)
+        self.head = nn.Linear(3 * c.hidden_size * c.directions, c.num_classes)
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor,
                perturbation: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -89,7 +89,8 @@ class _ParquetWriter:
             import pyarrow.parquet as pq
 
             types = {"p_positive": pa.float64(), "known_words": pa.int64()}
-            pq.write_table(pa.table({c: pa.array([], types.get(c, pa.string())) for c in empty_columns}), self.path)
+            pq.write_table(pa.table({c: pa.array([], types.get(c, pa.float64() if c.startswith("p_") else pa.string()))
+                                     for c in empty_columns}), self.path)
 
 
 @contextmanager

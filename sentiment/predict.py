@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .calibration import Calibration
+from .calibration import Calibration, predicted_classes
 from .data import LABELS
 from .errors import SentimentError
 from .models import SentimentRNN
@@ -42,16 +42,19 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     return "bfloat16" if cpu_has_bf16() else "float32"
 
 
-def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int = 256,
-                         device: str | torch.device = "cpu", temperature: float | np.ndarray = 1.0) -> np.ndarray:
-    """P(positive) for each encoded review, in input order (computed in the model's dtype).
+def class_probabilities(model: SentimentRNN, encoded: Encoded, batch_size: int = 256,
+                        device: str | torch.device = "cpu", temperature: float | np.ndarray = 1.0) -> np.ndarray:
+    """[n, K] probabilities of each class for each encoded review, in input order (computed in the
+    model's dtype).
 
     Batches are formed from reviews of similar length so little time goes to padding.
     The logits are divided by ``temperature`` first (1: the network as trained): one number,
-    or one per review (calibration by length).
+    or one per review (calibration by length). With two classes, column 0 is 1 - column 1,
+    as it always was, so the probabilities of a binary bundle are exactly those of earlier versions.
     """
     n = len(encoded.lengths)
-    result = np.empty(n, dtype=np.float64)
+    k = model.config.num_classes
+    result = np.empty((n, k), dtype=np.float64)
     order = np.argsort(-encoded.lengths, kind="stable")
     was_training = model.training
     model.eval()
@@ -69,17 +72,26 @@ def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int 
             logits = model(ids, lengths).float()
             t = temperature[idx] if isinstance(temperature, np.ndarray) else temperature
             t = torch.as_tensor(t, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
-            result[idx] = torch.softmax(logits / t, dim=-1)[:, 1].cpu().numpy()
+            result[idx] = torch.softmax(logits / t, dim=-1).cpu().numpy()
     model.train(was_training)
+    if k == 2:
+        result[:, 0] = 1.0 - result[:, 1]
     return result
+
+
+def positive_probability(model: SentimentRNN, encoded: Encoded, batch_size: int = 256,
+                         device: str | torch.device = "cpu", temperature: float | np.ndarray = 1.0) -> np.ndarray:
+    """The probability of class 1 of a two-class model (P(positive) of an IMDB one)."""
+    return class_probabilities(model, encoded, batch_size, device, temperature)[:, 1]
 
 
 def uncalibrated(model: SentimentRNN, encoder: TextEncoder, device: str | torch.device = "cpu",
                  batch_size: int = 256):
-    """``texts -> (P(positive) of the network as trained, words read of each)``: what calibration is fitted on."""
+    """``texts -> ([n, K] probabilities of the network as trained, words read of each)``: what
+    calibration is fitted on."""
     def score(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         encoded = encoder.encode(list(texts))
-        return positive_probability(model, encoded, batch_size, device), encoded.lengths
+        return class_probabilities(model, encoded, batch_size, device), encoded.lengths
     return score
 
 
@@ -87,27 +99,57 @@ def uncalibrated(model: SentimentRNN, encoder: TextEncoder, device: str | torch.
 class Scores:
     """What the model made of a list of reviews, in input order."""
 
-    p_positive: np.ndarray   # float64 [n]
-    known_words: np.ndarray  # int64 [n]: words of the vocabulary among those the model read
+    probabilities: np.ndarray  # float64 [n, K], columns in the order of ``classes``
+    known_words: np.ndarray    # int64 [n]: words of the vocabulary among those the model read
+    classes: tuple[str, ...] = LABELS
 
     @property
     def judged(self) -> np.ndarray:
         """Whether each review gave the model anything to judge (at least one known word)."""
         return self.known_words > 0
 
+    @property
+    def sentiment(self) -> bool:
+        """Whether the classes are IMDB's negative/positive, the ones ``p_positive`` speaks of."""
+        return tuple(self.classes) == LABELS
+
+    @property
+    def p_positive(self) -> np.ndarray:
+        """P(positive) of each review, for a negative/positive model only."""
+        if not self.sentiment:
+            raise SentimentError(f"this model's classes are {', '.join(self.classes)}, not negative/positive: "
+                                 "read probabilities instead")
+        return self.probabilities[:, 1]
+
     def labels(self) -> list[str | None]:
         """The label of each review, None where there is nothing to judge."""
-        return [LABELS[int(p >= 0.5)] if k else None for p, k in zip(self.p_positive, self.known_words)]
+        best = predicted_classes(self.probabilities)
+        return [self.classes[int(c)] if k else None for c, k in zip(best, self.known_words)]
 
     def results(self) -> list[dict]:
+        """One ``{"label", "score", "probabilities", "known_words", "note"}`` per review (and
+        ``p_positive`` for a negative/positive model)."""
         out = []
-        for label, p, known in zip(self.labels(), self.p_positive.tolist(), self.known_words.tolist()):
+        for label, row, known in zip(self.labels(), self.probabilities.tolist(), self.known_words.tolist()):
             if label is None:
-                out.append({"label": None, "score": None, "p_positive": None, "known_words": 0,
-                            "note": NOTHING_TO_JUDGE})
+                result = {"label": None, "score": None, "p_positive": None, "probabilities": None,
+                          "known_words": 0, "note": NOTHING_TO_JUDGE}
             else:
-                out.append({"label": label, "score": p if label == LABELS[1] else 1.0 - p, "p_positive": p,
-                            "known_words": known, "note": None})
+                result = {"label": label, "score": row[self.classes.index(label)], "p_positive": row[-1],
+                          "probabilities": dict(zip(self.classes, row)), "known_words": known, "note": None}
+            if not self.sentiment:
+                del result["p_positive"]
+            out.append(result)
+        return out
+
+    def ranked(self, top_k: int | None = None) -> list[list[dict]]:
+        """Per review, ``{"label", "score"}`` of the ``top_k`` likeliest classes (None: every class),
+        likeliest first, as a ``transformers`` pipeline gives with ``top_k``; empty where there is
+        nothing to judge."""
+        out = []
+        for row, known in zip(self.probabilities.tolist(), self.known_words.tolist()):
+            pairs = sorted(zip(self.classes, row), key=lambda pair: -pair[1]) if known else []
+            out.append([{"label": label, "score": p} for label, p in pairs[:top_k]])
         return out
 
 
@@ -115,13 +157,14 @@ class Scores:
 class Explanation:
     """Why the model decided as it did, word by word (occlusion: leave one word out).
 
-    ``contributions[i]`` is P(positive) with the whole review minus P(positive) without
-    word i: above 0 the word pushed towards positive, below 0 towards negative. Words the
+    ``contributions[i]`` is P(``towards``) with the whole review minus P(``towards``) without
+    word i: above 0 the word pushed towards that class, below 0 away from it. ``towards`` is
+    positive for a negative/positive model, else the class the model predicts. Words the
     model never read (cut by the length limit) contribute 0.
     """
 
     text: str
-    p_positive: float
+    probability: float               # of ``towards``, for the whole review
     words: list[str]                 # as written in ``text``
     spans: list[tuple[int, int]]     # where each word is in ``text``
     known: list[bool]                # in the vocabulary (False: read as <unk>)
@@ -129,6 +172,14 @@ class Explanation:
     contributions: list[float] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)  # vocabulary ids, <unk> = 0
     method: str = "occlusion (leave one word out)"
+    towards: str = LABELS[1]
+
+    @property
+    def p_positive(self) -> float:
+        """P(positive) of the review, for a negative/positive model (whose ``towards`` is positive)."""
+        if self.towards != LABELS[1]:
+            raise SentimentError(f"this explanation is about {self.towards!r}, not positive")
+        return self.probability
 
     @property
     def truncated(self) -> bool:
@@ -148,19 +199,19 @@ class Explanation:
         return pieces
 
     def top(self, n: int = 5, positive: bool = True) -> list[tuple[str, float]]:
-        """The n words that pushed hardest towards positive (or negative)."""
+        """The n words that pushed hardest towards ``towards`` (``positive=False``: away from it)."""
         pairs = [(w, c) for w, c, k in zip(self.words, self.contributions, self.kept) if k]
         pairs.sort(key=lambda p: p[1], reverse=positive)
         return [p for p in pairs[:n] if (p[1] > 0 if positive else p[1] < 0)]
 
 
 class Classifier:
-    """A trained sentiment model with the scikit-learn prediction interface.
+    """A trained model with the scikit-learn prediction interface.
 
-    Column 0 of ``predict_proba`` is negative, column 1 positive; ``classes_`` names them.
+    The columns of ``predict_proba`` are the bundle's classes, in its order: ``labels`` (a
+    tuple) and ``classes_`` (an array, as scikit-learn names it) list them. A bundle that
+    names none is negative/positive.
     """
-
-    classes_ = np.array(LABELS)
 
     def __init__(self, model: SentimentRNN, encoder: TextEncoder, config: dict, path: str | None = None,
                  device: str | torch.device = "cpu", precision: str = "float32"):
@@ -171,6 +222,11 @@ class Classifier:
         self.encoder = encoder
         self.config = config
         self.path = path
+        self.labels = tuple(config.get("labels") or LABELS)
+        if len(self.labels) != model.config.num_classes:
+            raise SentimentError(f"{len(self.labels)} labels ({', '.join(self.labels)}) for a model with "
+                                 f"{model.config.num_classes} outputs")
+        self.classes_ = np.array(self.labels)
         # Post-hoc calibration (a temperature by length), when fitted: every probability uses it.
         self.calibration = Calibration.of(config.get("calibration"), encoder.max_len)
 
@@ -184,25 +240,33 @@ class Classifier:
         return ["" if t is None else str(t) for t in texts]
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """[n, 2] probabilities: column 0 negative, column 1 positive."""
-        p = self.scores(texts, batch_size).p_positive
-        return np.stack([1.0 - p, p], axis=1)
+        """[n, K] probabilities, one column per class of ``classes_``."""
+        return self.scores(texts, batch_size).probabilities
 
     def scores(self, texts: Sequence[str], batch_size: int = 256) -> "Scores":
-        """P(positive) of each review and how many known words the model read in it."""
+        """Each review's class probabilities and how many known words the model read in it."""
         encoded = self.encoder.encode(self._as_list(texts))
         known = ((encoded.ids != UNK_ID) & (encoded.ids != PAD_ID)).sum(axis=1)
         temperatures = self.calibration.temperatures(encoded.lengths)
-        return Scores(positive_probability(self.model, encoded, batch_size, self.device, temperatures), known)
+        return Scores(class_probabilities(self.model, encoded, batch_size, self.device, temperatures), known,
+                      self.labels)
 
-    def __call__(self, texts: Sequence[str], batch_size: int = 256) -> list[dict]:
-        """One result per review, shaped as a ``transformers`` sentiment pipeline's.
+    def __call__(self, texts: Sequence[str] | str, batch_size: int = 256, top_k: int | None = 1) -> list:
+        """One result per review, shaped as a ``transformers`` text-classification pipeline's.
 
-        ``{"label", "score", "p_positive", "known_words", "note"}``: ``score`` is the
-        probability of ``label``. A review with no known words gets no verdict: ``label``,
-        ``score`` and ``p_positive`` are None and ``note`` says why.
+        ``top_k=1`` (the default): ``{"label", "score", "probabilities", "known_words", "note"}``
+        per review, where ``score`` is the probability of ``label`` and ``probabilities`` maps
+        every class to its probability (a negative/positive model adds ``p_positive``). A review
+        with no known words gets no verdict: ``label``, ``score`` and the probabilities are None
+        and ``note`` says why. ``top_k=None`` (every class) or another number: per review a list
+        of ``{"label", "score"}``, likeliest first, empty where there is nothing to judge.
         """
-        return self.scores([texts] if isinstance(texts, str) else texts, batch_size).results()
+        scores = self.scores([texts] if isinstance(texts, str) else texts, batch_size)
+        if top_k == 1:
+            return scores.results()
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise SentimentError(f"top_k must be a whole number of at least 1, or None (got {top_k!r})")
+        return scores.ranked(top_k)
 
     def read(self, text: str) -> Explanation:
         """The words of ``text`` as the model reads them (known or ``<unk>``, kept or cut), without scores."""
@@ -211,12 +275,13 @@ class Classifier:
         kept = [False] * len(encoding.ids)
         for a, b in self.encoder.kept_span(len(encoding.ids)):
             kept[a:b] = [True] * (b - a)
-        return Explanation(text=text, p_positive=float("nan"), words=[text[a:b] for a, b in encoding.offsets],
+        return Explanation(text=text, probability=float("nan"), words=[text[a:b] for a, b in encoding.offsets],
                            spans=[tuple(o) for o in encoding.offsets], known=[t != UNK_ID for t in encoding.ids],
                            kept=kept, contributions=[0.0] * len(encoding.ids), ids=list(encoding.ids))
 
     def explain(self, text: str, batch_size: int = 128) -> Explanation:
-        """Each word's contribution to P(positive), by leaving that word out."""
+        """Each word's contribution to the probability of a class (``Explanation.towards``), by
+        leaving that word out."""
         e = self.read(text)
         kept_positions = [i for i, k in enumerate(e.kept) if k]
         read = np.array([e.ids[i] for i in kept_positions], dtype=np.int64)
@@ -233,9 +298,11 @@ class Classifier:
         # Every row at the temperature of the review as read: a word's contribution is then the
         # network's, not a change of temperature that one word less would bring.
         temperatures = self.calibration.temperatures(np.full(n + 1, lengths[0]))
-        p = positive_probability(self.model, Encoded(rows, lengths, lengths.copy()), batch_size, self.device,
-                                 temperatures)
-        e.p_positive = float(p[0])
+        probabilities = class_probabilities(self.model, Encoded(rows, lengths, lengths.copy()), batch_size,
+                                            self.device, temperatures)
+        column = 1 if self.labels == LABELS else int(predicted_classes(probabilities[:1])[0])
+        p = probabilities[:, column]
+        e.towards, e.probability = self.labels[column], float(p[0])
         for j, i in enumerate(kept_positions):
             e.contributions[i] = float(p[0] - p[j + 1])
         return e
@@ -246,8 +313,8 @@ class Classifier:
         ids = np.full((1, self.encoder.max_len), PAD_ID, dtype=np.int64)
         for width in range(WIDTH_STEP, self.encoder.max_len + WIDTH_STEP, WIDTH_STEP):
             lengths = np.array([min(width, self.encoder.max_len)])
-            positive_probability(self.model, Encoded(ids, lengths, lengths), 1, self.device)
+            class_probabilities(self.model, Encoded(ids, lengths, lengths), 1, self.device)
 
     def predict(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """The label of each review: "negative" or "positive"."""
-        return self.classes_[(self.predict_proba(texts, batch_size)[:, 1] >= 0.5).astype(int)]
+        """The label of each review, one of ``classes_``."""
+        return self.classes_[predicted_classes(self.predict_proba(texts, batch_size))]

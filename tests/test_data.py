@@ -4,7 +4,8 @@ import time
 import pytest
 
 from conftest import write_archive, write_stanford_folder, write_table
-from sentiment.data import fingerprint, iter_rows, load_source, split_validation, undecodable_report
+from sentiment.data import (classes, fingerprint, iter_rows, load_source, order_labels, split_validation,
+                            undecodable_report)
 from sentiment.errors import SentimentError
 
 
@@ -65,14 +66,44 @@ def test_test_split_from_a_second_file(tmp_path):
     assert len(loaded["train"]) == 2 and loaded["test"]["text"] == ["fine"]
 
 
-def test_unknown_labels_are_listed_with_their_lines(tmp_path):
+def test_labels_come_from_the_data_in_a_documented_order(tmp_path):
+    path = tmp_path / "three.csv"
+    path.write_text("text,label\ngood,positive\nmeh,neutral\nbad,negative\nfine,positive\n")
+    train = load_source(path)["train"]
+    assert classes({"train": train}) == ("negative", "neutral", "positive")
+    assert list(train["label"]) == [2, 1, 0, 2]
+    stars = write_table(tmp_path / "stars.jsonl", [{"text": t, "label": v} for t, v in
+                                                   (("a", 10), ("b", 2), ("c", 7.0), ("d", "2"))])
+    loaded = load_source(stars)
+    assert classes(loaded) == ("2", "7", "10") and list(loaded["train"]["label"]) == [2, 0, 1, 0]
+    assert classes(load_source(stars, labels=["10", "7", "2"])) == ("10", "7", "2")
+    assert order_labels({"b", "a", "c"}) == ("a", "b", "c")
+
+
+def test_a_label_outside_the_given_classes_names_its_row(tmp_path):
     path = tmp_path / "bad.csv"
-    path.write_text("text,label\ngood,pos\nmeh,maybe\nbad,neg\nodd,2\nagain,maybe\n")
+    path.write_text("text,label\ngood,pos\nmeh,maybe\nbad,neg\n")
     with pytest.raises(SentimentError) as err:
+        load_source(path, labels=["negative", "positive"])
+    assert str(err.value) == (f"{path}:3: label 'maybe' in column 'label' is not one of the classes "
+                              "negative, positive")
+
+
+def test_a_missing_label_names_its_row(tmp_path):
+    path = tmp_path / "gap.csv"
+    path.write_text("text,label\ngood,pos\nmeh,\nbad,neg\n")
+    with pytest.raises(SentimentError, match=rf"^{path}:3: no label in column 'label' \(got ''\)"):
         load_source(path)
-    message = str(err.value)
-    assert "unknown label values" in message
-    assert f"'maybe' at {path}:3" in message and f"'2' at {path}:5" in message
+
+
+def test_the_archive_keeps_each_review_s_rating(stanford_archive):
+    loaded = load_source(stanford_archive, label_column="rating")
+    assert classes(loaded) == ("2", "8")  # the test data's ratings: 2 for negative, 8 for positive
+    polarity = load_source(stanford_archive)
+    assert [classes(loaded)[i] for i in loaded["train"]["label"]] == \
+        ["8" if i else "2" for i in polarity["train"]["label"]]
+    with pytest.raises(SentimentError, match="no label column 'stars' \\(its label columns: label, rating\\)"):
+        load_source(stanford_archive, label_column="stars")
 
 
 def test_missing_column_names_the_file_and_the_columns_it_has(tmp_path):

@@ -52,7 +52,7 @@ def test_the_model_can_be_chosen(http):
 @pytest.mark.parametrize("text", ["", "  ", "zzzq qqqx"])
 def test_nothing_to_judge_gets_no_verdict(http, text):
     [result] = predict(http, {"texts": [text]}).json()["results"]
-    assert result == {"label": None, "score": None, "p_positive": None, "known_words": 0,
+    assert result == {"label": None, "score": None, "p_positive": None, "probabilities": None, "known_words": 0,
                       "note": "nothing to judge: no known words"}
 
 

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..calibration import predicted_classes
 from ..data import LABELS
 from ..text import words
 
@@ -16,9 +17,9 @@ from ..text import words
 class LinearBaseline:
     """``fit`` on training reviews, then ``predict_proba`` like a :class:`Classifier`."""
 
-    classes_ = np.array(LABELS)
-
-    def __init__(self, C: float = 4.0, seed: int = 0):
+    def __init__(self, classes: Sequence[str] = LABELS, C: float = 4.0, seed: int = 0):
+        # The classes by id, as a Classifier has them; logistic regression is multinomial for more than two.
+        self.classes_ = np.array(classes)
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
@@ -32,10 +33,14 @@ class LinearBaseline:
         return self
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return self.pipeline.predict_proba(list(texts))
+        """[n, K]: one column per class of ``classes_``, 0 for a class the training rows lacked."""
+        found = self.pipeline.predict_proba(list(texts))
+        out = np.zeros((len(found), len(self.classes_)))
+        out[:, self.pipeline.classes_.astype(int)] = found
+        return out
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
-        return self.classes_[(self.predict_proba(texts)[:, 1] >= 0.5).astype(int)]
+        return self.classes_[predicted_classes(self.predict_proba(texts))]
 
 
 def words_and_bigrams(text: str) -> list[str]:

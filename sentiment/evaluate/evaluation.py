@@ -27,7 +27,9 @@ class EvaluateConfig:
     split: str | None = field(default=None, metadata={
         "help": "split to evaluate (default: test, or the whole file for a table source)", "metavar": "NAME"})
     text_column: str = field(default="text", metadata={"help": "text column of table sources", "metavar": "NAME"})
-    label_column: str = field(default="label", metadata={"help": "label column of table sources", "metavar": "NAME"})
+    label_column: str = field(default="label", metadata={
+        "help": "label column of table sources, or `rating` of the Stanford archive; its values must be the "
+                "models' classes", "metavar": "NAME"})
     baseline: bool = field(default=False, metadata={
         "help": "add TF-IDF (1-2 grams) + logistic regression, trained on the source's train split"})
     plot: str | None = field(default=None, metadata={
@@ -55,7 +57,13 @@ def evaluate(config: EvaluateConfig) -> dict[str, dict]:
         check_folder_target(config.plot, "--plot")
     model_dirs = config.models or [str(default_model_dir())]
     classifiers = [load_bundle(d, precision=config.precision) for d in model_dirs]  # fail on a bad model before reading data
-    splits = data_module.load_source(config.data, text_column=config.text_column,
+    classes = classifiers[0].labels
+    for path, clf in zip(model_dirs, classifiers):
+        if clf.labels != classes:
+            raise SentimentError(f"{path}: its classes ({', '.join(clf.labels)}) are not those of {model_dirs[0]} "
+                                 f"({', '.join(classes)}); models compared side by side need the same classes")
+    # The data's labels are read as the models' classes: a row with another label stops at that row.
+    splits = data_module.load_source(config.data, text_column=config.text_column, labels=classes,
                                      label_column=config.label_column, cache_dir=config.cache_dir)
     split = config.split or ("test" if "test" in splits else "train")
     if split not in splits:
@@ -71,9 +79,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, dict]:
     results: dict[str, dict] = {}
     probabilities: dict[str, np.ndarray] = {}
     for name, clf in zip(model_names(model_dirs), classifiers):
-        p = clf.predict_proba(texts, config.batch_size)[:, 1]
+        p = clf.predict_proba(texts, config.batch_size)
         probabilities[name] = p
-        results[name] = classification_metrics(labels, p)
+        results[name] = classification_metrics(labels, p, classes)
     if config.baseline:
         if split == "train" or "train" not in splits:
             raise SentimentError("--baseline trains on the source's train split, so it needs a source with a "
@@ -81,21 +89,23 @@ def evaluate(config: EvaluateConfig) -> dict[str, dict]:
         from .baseline import LinearBaseline
 
         train = splits["train"]
-        baseline = LinearBaseline().fit(train["text"], train["label"])
-        probabilities["tfidf+logreg"] = baseline.predict_proba(texts)[:, 1]
-        results["tfidf+logreg"] = classification_metrics(labels, probabilities["tfidf+logreg"])
-    print(format_table(results, title=f"{config.data} [{split}]: {len(labels)} reviews"))
+        baseline = LinearBaseline(classes).fit(train["text"], train["label"])
+        probabilities["tfidf+logreg"] = baseline.predict_proba(texts)
+        results["tfidf+logreg"] = classification_metrics(labels, probabilities["tfidf+logreg"], classes)
+    print(format_table(results, title=f"{config.data} [{split}]: {len(labels)} reviews", classes=classes))
     if config.plot:
-        plot_results(results, probabilities, labels, Path(config.plot))
+        plot_results(results, probabilities, labels, Path(config.plot), classes)
         print(f"plots written to {config.plot}")
     if config.json:
         payload = {"data": str(config.data), "split": split, "data_fingerprint": data_module.fingerprint(config.data),
+                   "labels": list(classes),
                    "models": {n: {"path": p} for n, p in zip(model_names(model_dirs), model_dirs)}, "metrics": results}
         write_text_atomic(config.json, json.dumps(payload, indent=2) + "\n")
     return results
 
 
-def plot_results(results: dict, probabilities: dict, labels: np.ndarray, folder: Path) -> None:
+def plot_results(results: dict, probabilities: dict, labels: np.ndarray, folder: Path,
+                 classes=data_module.LABELS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,18 +114,20 @@ def plot_results(results: dict, probabilities: dict, labels: np.ndarray, folder:
 
     folder.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 5))
+    # The curve of the last class against the rest: class 1 (positive) of two, the top rating of ratings.
+    last = len(classes) - 1
     for name, p in probabilities.items():
-        RocCurveDisplay.from_predictions(labels, p, name=name, ax=ax)
+        RocCurveDisplay.from_predictions(labels == last, p[:, last], name=name, ax=ax)
     ax.plot([0, 1], [0, 1], "k--", alpha=0.4)
-    ax.set_title("ROC curve")
+    ax.set_title("ROC curve" if len(classes) == 2 else f"ROC curve of {classes[last]} against the rest")
     fig.tight_layout()
     fig.savefig(folder / "roc.png", dpi=100)
     plt.close(fig)
-    _reliability(plt, probabilities, labels, folder / "reliability.png")
+    _reliability(plt, probabilities, labels, folder / "reliability.png", 1 / len(classes))
     for name in results:
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ConfusionMatrixDisplay(np.asarray(results[name]["confusion_matrix"]),
-                               display_labels=list(data_module.LABELS)).plot(ax=ax, colorbar=False)
+                               display_labels=list(classes)).plot(ax=ax, colorbar=False)
         ax.set_title(f"{name}: accuracy {results[name]['accuracy']:.4f}")
         fig.tight_layout()
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
@@ -123,12 +135,12 @@ def plot_results(results: dict, probabilities: dict, labels: np.ndarray, folder:
         plt.close(fig)
 
 
-def _reliability(plt, probabilities: dict, labels: np.ndarray, path: Path) -> None:
+def _reliability(plt, probabilities: dict, labels: np.ndarray, path: Path, least: float) -> None:
     """Accuracy against confidence per bin of the predicted class's probability (the bins of ECE)."""
     from ..calibration import ECE_BINS, reliability_bins
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot([0.5, 1], [0.5, 1], "k--", alpha=0.4, label="perfectly calibrated")
+    ax.plot([least, 1], [least, 1], "k--", alpha=0.4, label="perfectly calibrated")
     for name, p in probabilities.items():
         _, confidence, accuracy = zip(*reliability_bins(labels, p))
         ax.plot(confidence, accuracy, "o-", label=name)

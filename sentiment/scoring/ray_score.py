@@ -115,7 +115,8 @@ class Scorer:
 
 def score_dataset(dataset, model: str, text_column: str = "text", workers: int = 1, batch_size: int = 256,
                   precision: str = "auto", device: str = "cpu"):
-    """A Ray Dataset with ``prediction``, ``p_positive`` and ``known_words`` added to each row.
+    """A Ray Dataset with ``prediction``, the probability columns (``p_positive`` for a
+    negative/positive model, else ``p_<class>`` per class) and ``known_words`` added to each row.
 
     For a user who already holds a Dataset with a text column: one model per worker
     (``workers`` actors), rows in their order. A row whose text is not a string, or is
@@ -132,12 +133,15 @@ def score_dataset(dataset, model: str, text_column: str = "text", workers: int =
             self.classifier = load_bundle(model, device=device, precision=precision)
 
         def __call__(self, batch):
+            from ..batch import probability_columns, shown_probabilities
+
             texts = [t if isinstance(t, str) else "" for t in batch[text_column]]
             scores = self.classifier.scores(texts, batch_size)
             labels = scores.labels()
             batch["prediction"] = labels
-            batch["p_positive"] = [None if label is None else round(float(p), 6)
-                                   for label, p in zip(labels, scores.p_positive.tolist())]
+            shown = shown_probabilities(scores)
+            for i, column in enumerate(probability_columns(self.classifier.labels)):
+                batch[column] = [None if label is None else row[i] for label, row in zip(labels, shown)]
             batch["known_words"] = scores.known_words.tolist()
             return batch
 

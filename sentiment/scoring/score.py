@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..batch import OUR_COLUMNS, Counts, folder_reviews, read_inputs, write_scored
+from ..batch import Counts, folder_reviews, our_columns, read_inputs, write_scored
 from ..errors import SentimentError
 from ..files import check_file_target, clear_tmp_files, write_atomic
 from ..options import check_whole
@@ -155,7 +155,7 @@ def score(config: ScoreConfig, classifier: Classifier) -> Counts:
 def _write(config: ScoreConfig, classifier: Classifier, counts: Counts, path: str | None) -> None:
     """Score every input row into ``path`` (standard output when None)."""
     output = Output(config.output_format(), path, f"--out {config.out}" if path else "standard output",
-                    list(OUR_COLUMNS))
+                    list(our_columns(classifier.labels)))
     bar = None
     try:
         if config.progress or (config.progress is None and sys.stderr.isatty()):

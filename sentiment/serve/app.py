@@ -22,6 +22,7 @@ from pathlib import Path  # noqa: E402
 import threading  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 
+from ..data import LABELS  # noqa: E402
 from ..errors import SentimentError  # noqa: E402
 from ..options import check_whole  # noqa: E402
 from .page_queue import queue_bounded  # noqa: E402
@@ -68,12 +69,22 @@ def remove_older(folder: Path, seconds: float) -> None:
             pass
 
 
-def contribution_class(score: float | None, scale: float) -> str | None:
-    """A word's highlight: strong (over half the largest effect) or mild; tiny effects stay plain."""
+# A model whose classes are not negative/positive: a word pushes towards the class it predicts, or away.
+VERDICT_COLORS = {"strong towards": "#1f9d55", "towards": "#a3e4b8", "away": "#f8b4b4", "strong away": "#d92d2d"}
+
+
+def contribution_class(score: float | None, scale: float, sides: tuple[str, str] = ("positive", "negative")) -> str | None:
+    """A word's highlight: strong (over half the largest effect) or mild; tiny effects stay plain.
+    ``sides``: the names of pushing up and down (``towards``/``away`` for models of other classes)."""
     if score is None or scale == 0 or abs(score) < 0.1 * scale:
         return None
-    side = "positive" if score > 0 else "negative"
+    side = sides[0] if score > 0 else sides[1]
     return f"strong {side}" if abs(score) >= 0.5 * scale else side
+
+
+def speaks_sentiment(clf: Classifier) -> bool:
+    """Whether the page may speak of positive and negative: the model's classes are those."""
+    return clf.labels == LABELS
 
 
 @dataclass
@@ -126,6 +137,8 @@ class Views:
     def __init__(self, classifiers: dict[str, Classifier], config: ServeConfig, gate):
         self.classifiers, self.config, self.gate = classifiers, config, gate
         self.main = next(iter(classifiers.values()))
+        # The compare table shows P(positive) when every model has it, else the prediction's probability.
+        self.compare_p_positive = all(speaks_sentiment(c) for c in classifiers.values())
         self.results = Path(tempfile.mkdtemp(prefix="sentiment-scores-"))
         self.uploads: set[str] = set()  # the page's own sets, once it is built
         self.temp_file_sets: list[set[str]] = []
@@ -152,8 +165,7 @@ class Views:
             result = self.main.scores([text])
         if not result.judged[0]:
             return NOTHING_TO_JUDGE
-        p = float(result.p_positive[0])
-        return {self.main.classes_[0]: 1.0 - p, self.main.classes_[1]: p}
+        return dict(zip(self.main.labels, result.probabilities[0].tolist()))
 
     def explain(self, text: str):
         text = self.check(text)
@@ -164,12 +176,18 @@ class Views:
         if not any(k and known for k, known in zip(e.kept, e.known)):
             return [(text, None)], f"No verdict, {NOTHING_TO_JUDGE}: every word is outside the vocabulary."
         scale = max((abs(c) for c in e.contributions), default=0.0)
-        pieces = merge_runs([(piece, contribution_class(score, scale)) for piece, score in e.highlighted()])
+        sentiment = speaks_sentiment(self.main)
+        sides = ("positive", "negative") if sentiment else ("towards", "away")
+        pieces = merge_runs([(piece, contribution_class(score, scale, sides)) for piece, score in e.highlighted()])
         pos = ", ".join(f"**{w}** (+{c:.3f})" for w, c in e.top(5, positive=True)) or "none"
         neg = ", ".join(f"**{w}** ({c:.3f})" for w, c in e.top(5, positive=False)) or "none"
-        summary = (f"Towards positive: {pos}.  \nTowards negative: {neg}.  \n"
-                   f"<small>Method: {e.method}: each number is how much P(positive) drops when that word "
-                   "is left out.</small>")
+        if sentiment:
+            summary = f"Towards positive: {pos}.  \nTowards negative: {neg}.  \n"
+        else:
+            summary = (f"Predicted **{e.towards}** (probability {e.probability:.3f}).  \nTowards {e.towards}: {pos}.  \n"
+                       f"Away from {e.towards}: {neg}.  \n")
+        summary += (f"<small>Method: {e.method}: each number is how much P({e.towards}) drops when that word "
+                    "is left out.</small>")
         return pieces, summary
 
     def seen(self, text: str):
@@ -196,7 +214,8 @@ class Views:
             if result["label"] is None:
                 rows.append([name, clf.config["model"]["kind"], NOTHING_TO_JUDGE, None])
             else:
-                rows.append([name, clf.config["model"]["kind"], result["label"], round(result["p_positive"], 4)])
+                rows.append([name, clf.config["model"]["kind"], result["label"],
+                             round(result["p_positive"] if self.compare_p_positive else result["score"], 4)])
         return rows
 
     def uploaded(self, path: str) -> bool:
@@ -211,7 +230,7 @@ class Views:
 
     def score_file(self, upload: dict | str | None):
         """Score an uploaded file: ``upload`` is the file input's value as sent (its path on the server)."""
-        from ..batch import OUR_COLUMNS, TEXT_COLUMN_HINT, Counts, at_most, read_inputs, write_scored
+        from ..batch import TEXT_COLUMN_HINT, Counts, at_most, our_columns, read_inputs, write_scored
         from ..outputs import Output
 
         path = upload.get("path") if isinstance(upload, dict) else upload
@@ -233,7 +252,7 @@ class Views:
             # The source column names the file as the user called it, not the server's copy.
             records = at_most(read_inputs([path], names=[Path(path).name]), self.config.max_rows)
             with self.gate:
-                write_scored(self.main, records, Output("csv", str(out), "the scored file", list(OUR_COLUMNS)),
+                write_scored(self.main, records, Output("csv", str(out), "the scored file", list(our_columns(self.main.labels))),
                              counts, on_error="skip")
         except SentimentError as exc:
             shutil.rmtree(out.parent, ignore_errors=True)
@@ -270,7 +289,7 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
         views.uploads, views.temp_file_sets = demo.upload_file_set, demo.temp_file_sets
         gr.Markdown("# Movie review sentiment\nType a review: the prediction updates as you type.")
         with gr.Tab("Review"):
-            review, button, outputs = _review_tab(names[0], config, compare=len(classifiers) > 1)
+            review, button, outputs = _review_tab(names[0], config, compare=len(classifiers) > 1, views=views)
         with gr.Tab("Score a file"):
             upload, score_button, file_outputs = _file_tab(config)
         with gr.Tab("Model card"):
@@ -302,7 +321,7 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
     return demo
 
 
-def _review_tab(main_name: str, config: ServeConfig, compare: bool):
+def _review_tab(main_name: str, config: ServeConfig, compare: bool, views: Views):
     """The review box, its button, and each view's outputs (by the name of the view)."""
     import gradio as gr
 
@@ -313,16 +332,21 @@ def _review_tab(main_name: str, config: ServeConfig, compare: bool):
             button = gr.Button("Predict", variant="primary", elem_id="predict")
             gr.Examples(EXAMPLES, inputs=review, label="Examples (click one)")
         with gr.Column(scale=2):
-            label = gr.Label(label=f"Prediction ({main_name})", num_top_classes=2, elem_id="label")
+            # One bar per class, each with its probability.
+            label = gr.Label(label=f"Prediction ({main_name})", num_top_classes=len(views.main.labels), elem_id="label")
     gr.Markdown("### Why: the words that pushed the score")
-    why = gr.HighlightedText(label="Words that pushed towards positive (green) or negative (red)",
-                             elem_id="why", show_legend=True, color_map=CONTRIBUTION_COLORS)
+    sentiment = speaks_sentiment(views.main)
+    why = gr.HighlightedText(label="Words that pushed towards positive (green) or negative (red)" if sentiment else
+                             "Words that pushed towards the predicted class (green) or away from it (red)",
+                             elem_id="why", show_legend=True,
+                             color_map=CONTRIBUTION_COLORS if sentiment else VERDICT_COLORS)
     why_summary = gr.Markdown(elem_id="why-summary")
     gr.Markdown("### What the model saw")
     saw = gr.HighlightedText(label="Words after preprocessing", elem_id="saw", show_legend=True,
                              color_map={"read": "#d0e4ff", "<unk>": "#ffd27f", "cut": "#cccccc"})
     saw_notice = gr.Markdown(elem_id="saw-notice")
-    compare_table = gr.Dataframe(headers=["model", "kind", "prediction", "p_positive"],
+    compare_table = gr.Dataframe(headers=["model", "kind", "prediction",
+                                          "p_positive" if views.compare_p_positive else "probability of the prediction"],
                                  label="Compare: every loaded model", elem_id="compare",
                                  visible=compare, interactive=False)
     outputs = {"predict": label, "explain": [why, why_summary], "seen": [saw, saw_notice]}

@@ -15,7 +15,6 @@ slowly or too much are cut off (``http_limits``).
 import signal
 import threading
 import time
-from typing import Literal
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
@@ -25,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException
 
 from .app import ServeConfig, build_app
-from ..data import LABELS
 from ..errors import SentimentError
 from .http_limits import Guard, server_config
 from ..predict import Classifier
@@ -110,10 +108,14 @@ class PredictRequest(BaseModel):
 
 
 class Result(BaseModel):
-    label: Literal[LABELS] | None = Field(
-        description="the verdict; null when there is nothing to judge")
+    # The classes are the model's own (GET /models lists each model's labels), so no list is fixed here.
+    label: str | None = Field(
+        description="the verdict, one of the model's labels; null when there is nothing to judge")
     score: float | None = Field(description="the probability of label")
-    p_positive: float | None = Field(description="the probability that the review is positive")
+    probabilities: dict[str, float] | None = Field(
+        description="every label of the model with its probability; null when there is nothing to judge")
+    p_positive: float | None = Field(None, description="the probability that the review is positive; only from "
+                                                       "a model whose labels are negative and positive")
     known_words: int = Field(description="words of the model's vocabulary among those it read")
     note: str | None = Field(description="why there is no verdict, when there is none")
 
@@ -204,11 +206,12 @@ def _add_method_answers(api: FastAPI) -> None:
 def _add_routes(api: FastAPI, classifiers: dict[str, Classifier], config: ServeConfig, gate, metrics: _Metrics):
     names = list(classifiers)
 
-    @api.post(f"{API}/predict", response_model=PredictResponse,
+    # Unset fields stay out: p_positive is only in answers of negative/positive models.
+    @api.post(f"{API}/predict", response_model=PredictResponse, response_model_exclude_unset=True,
               responses={413: {"description": "too many texts, or a text or body too long"},
                          404: {"description": "no such model"}, 422: {"description": "malformed request"}})
     def predict(request: PredictRequest) -> dict:
-        """P(positive) and a label for each text, in the order given, as one batch."""
+        """A label and every label's probability for each text, in the order given, as one batch."""
         name = request.model or names[0]
         clf = classifiers.get(name)
         if clf is None:

@@ -44,9 +44,10 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
     fitted = calibration.fit(validation["text"], val_labels, uncalibrated(clf.model, clf.encoder), train_config.seed)
     clf.calibration = calibration.Calibration.of(fitted)
     metrics = dict(config.get("metrics") or {})
-    metrics["validation"] = classification_metrics(val_labels, clf.predict_proba(validation["text"])[:, 1])
+    metrics["validation"] = classification_metrics(val_labels, clf.predict_proba(validation["text"]), clf.labels)
     if test is not None and "test" in metrics:
-        metrics["test"] = classification_metrics(np.asarray(test["label"]), clf.predict_proba(test["text"])[:, 1])
+        metrics["test"] = classification_metrics(np.asarray(test["label"]), clf.predict_proba(test["text"]),
+                                                 clf.labels)
     if other_data:
         fitted["other_data"] = other_data  # the record says its figures are not of the training data
     config.update({"metrics": metrics, "calibration": fitted})

@@ -14,19 +14,20 @@ from torch import nn
 
 from .distributed import Processes, restore_rng, wrap
 from ..metrics import classification_metrics
-from ..predict import positive_probability, resolve_precision
+from ..predict import class_probabilities, resolve_precision
 from ..text import PAD_ID
 
 
 def evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device,
-             temperature: float | np.ndarray = 1.0) -> dict:
+             temperature: float | np.ndarray = 1.0, classes=None) -> dict:
     """Metrics of the model on encoded reviews; their ``nll`` is the validation loss."""
-    return classification_metrics(labels, positive_probability(model, encoded, batch_size, device, temperature))
+    return classification_metrics(labels, class_probabilities(model, encoded, batch_size, device, temperature),
+                                  classes)
 
 
-def evaluate_state(model, state, encoded, labels, device) -> dict:
+def evaluate_state(model, state, encoded, labels, device, classes=None) -> dict:
     model.load_state_dict(state)
-    return evaluate(model, encoded, labels, 256, device)
+    return evaluate(model, encoded, labels, 256, device, classes=classes)
 
 
 def training_dtype(precision: str, device_kind: str) -> torch.dtype:

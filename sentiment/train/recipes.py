@@ -30,6 +30,7 @@ RECIPES = {"rnncell": {**_TANH_RNN, **_ONE_LAYER}, "rnn": {**_TANH_RNN, **_ONE_L
 # layer (above it each direction would see the word it predicts), so its sizes are lstm's.
 PRETRAINED_RECIPES = {"bilstm": _ONE_LAYER}
 PER_MODEL = " (default: per --model, see docs/training.md)"
+HEAD_CHOICES = ("auto", "keep", "new")
 
 
 @dataclass
@@ -45,7 +46,16 @@ class TrainConfig:
         metavar="SRC"))
     text_column: str = field(default="text", metadata=_opt("text column of table sources", metavar="NAME"))
     label_column: str = field(default="label", metadata=_opt(
-        "label column of table sources (0/1, neg/pos or negative/positive)", metavar="NAME"))
+        "label column: of a table source (any 2 or more distinct values), or of the Stanford archive, `label` "
+        "(negative/positive) or `rating` (its 1-4 and 7-10 stars; the Hugging Face hub copy has no ratings)",
+        metavar="NAME"))
+    labels: str | None = field(default=None, metadata=_opt(
+        "the classes, in the order the model gives them (default: from the data: 0/1 and neg/pos are "
+        "negative,positive; numbers go ascending; the usual sentiment names from negative to positive; "
+        "others alphabetically)", metavar="A,B,..."))
+    head: str = field(default="auto", metadata=_opt(
+        "with --finetune-from: keep the bundle's output layer (its classes), learn a new one for the data's "
+        "classes, or auto: keep it when the data's classes are the bundle's", choices=HEAD_CHOICES))
     out: str | None = field(default=None, metadata=_opt(
         "run folder for the bundle, checkpoint and curves (default: runs/<model>-<time>)", metavar="DIR"))
     vocab_size: int = field(default=10_000, metadata=_opt("most frequent training words kept"))
@@ -131,6 +141,10 @@ class TrainConfig:
         for name in ("dropout", "word_dropout", "ema", "crop"):
             if not 0 <= getattr(self, name) < 1:
                 raise SentimentError(f"--{name.replace('_', '-')} must be in [0, 1) (got {getattr(self, name)})")
+        if self.head not in HEAD_CHOICES:
+            raise SentimentError(f"--head must be one of {', '.join(HEAD_CHOICES)} (got {self.head!r})")
+        if self.labels is not None:
+            data_module.order_labels([], self.label_list())
         if not 0 < self.validation_fraction < 1:
             raise SentimentError(f"--validation-fraction must be between 0 and 1 (got {self.validation_fraction})")
         for name in ("train_subset", "test_subset"):
@@ -144,6 +158,10 @@ class TrainConfig:
             from .pretrain import check_sizes
 
             check_sizes(self.model, self.num_layers)
+
+    def label_list(self) -> list[str] | None:
+        """``--labels`` as a list of classes (None: from the data)."""
+        return None if self.labels is None else [name.strip() for name in self.labels.split(",")]
 
     def _take_sizes_from(self, bundle: str) -> None:
         """A fine-tuned model keeps the kind, sizes and text pipeline of the bundle it starts from."""

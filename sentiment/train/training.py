@@ -17,7 +17,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -38,6 +38,7 @@ from ..metrics import format_table
 from ..models import SentimentRNN
 from ..predict import uncalibrated
 from .pretrain import LM_WEIGHTS, load_lm_into, pretrain, save_lm
+from .classes import bundle_labels, check_classes, class_counts, load_splits, start_from_bundle, unknown_share
 from .recipes import TrainConfig, resumed_config
 from .runs import (CHECKPOINT, TOKENIZER, check_run_folder, clear_run_leftovers, default_out, load_checkpoint,
                    plot_history, save_checkpoint, versions, writing)
@@ -55,24 +56,20 @@ def _subset(ds, n: int | None, seed: int):
 
 
 def prepare_data(config: TrainConfig, procs: Processes):
-    """Train/validation/test rows; rank 0 builds the cache first so others only read it."""
-    splits = None
+    """Train/validation/test rows; rank 0 builds the cache first so others only read it.
+    The rows' ``label`` feature (a ``ClassLabel``) names the run's classes."""
+    splits = names = None
     for turn in (0, 1):
         if procs.main == (turn == 0):
-            splits = data_module.load_source(config.data, text_column=config.text_column,
-                                             label_column=config.label_column, test_src=config.test_data,
-                                             cache_dir=config.cache_dir)
+            splits, names, _ = load_splits(config)
         procs.barrier()
     train = splits["train"]
     if "label" in train.column_names and -1 in set(train.unique("label")):
         raise SentimentError(f"{config.data}: the train split has unlabelled rows (label -1)")
     train = _subset(train, config.train_subset, config.seed)
-    classes = set(train.unique("label"))
-    if len(classes) < 2:
-        only = data_module.LABELS[classes.pop()] if classes else "no"
-        raise SentimentError(f"{config.data}: the train split holds {only} reviews only ({len(train)} rows); "
-                             "a classifier needs negative and positive examples")
+    check_classes(config, train, names)
     train, validation = data_module.split_validation(train, config.validation_fraction, config.seed)
+    check_classes(config, train, names, len(validation))
     test = splits.get("test")
     if test is not None:
         test = None if config.test_subset == 0 else _subset(test, config.test_subset, config.seed)
@@ -192,8 +189,10 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
     try:
         run = _start(config, procs, kind, checkpoint, resume)
         train_rows, val_rows, test_rows, unlabelled = prepare_data(config, procs)
+        names = tuple(train_rows.features["label"].names)
+        run.record["labels"] = list(names)
         encoder = _encoder(run, train_rows)
-        data = _encode(run, encoder, train_rows, val_rows)
+        data = _encode(run, encoder, train_rows, val_rows, names)
         if procs.main and checkpoint is None:
             run.folder.mkdir(parents=True, exist_ok=True)
             with writing(run.folder / TOKENIZER, run.folder):
@@ -203,10 +202,11 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
                 f"device {run.device}{f' x {procs.world} processes' if procs.world > 1 else ''}; "
                 f"run folder {run.folder}")
         torch.manual_seed(config.seed)
-        model = SentimentRNN(config.model_config(encoder.vocab_size)).to(run.device)
+        model = SentimentRNN(replace(config.model_config(encoder.vocab_size), num_classes=len(names))).to(run.device)
         if checkpoint is None and config.finetune_from:
-            model.load_state_dict(load_bundle(config.finetune_from).model.float().state_dict())
-            run.say(f"weights from {config.finetune_from}")
+            keep_head = config.head != "new" and names == bundle_labels(config.finetune_from)
+            run.say(start_from_bundle(model, config.finetune_from, keep_head))
+            run.say(unknown_share(data.train, config.finetune_from))
         elif checkpoint is None and config.init_from:
             load_lm_into(model, Path(config.init_from))
             run.say(f"embedding and encoder initialised from {Path(config.init_from) / LM_WEIGHTS}")
@@ -233,33 +233,32 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
     return run.folder
 
 
-def _encode(run: Run, encoder: TextEncoder, train_rows, val_rows) -> "Data":
+def _encode(run: Run, encoder: TextEncoder, train_rows, val_rows, names: tuple[str, ...]) -> "Data":
     """The training and validation rows as ids, once the training rows are known to hold words."""
     config = run.config
     train_encoded, train_labels = encoder.encode(train_rows["text"]), np.asarray(train_rows["label"], dtype=np.int64)
     val_encoded, val_labels = encoder.encode(val_rows["text"]), np.asarray(val_rows["label"], dtype=np.int64)
-    _check_words(run, train_encoded + val_encoded, np.concatenate([train_labels, val_labels]))
+    _check_words(run, train_encoded + val_encoded, np.concatenate([train_labels, val_labels]), names)
     if config.excerpts:
         short, short_labels = excerpts(train_rows["text"], train_labels, config.seed, config.excerpts)
         train_encoded = train_encoded + encoder.encode(short)
         train_labels = np.concatenate([train_labels, short_labels])
         run.say(f"excerpts: {len(short)} of 1-{MOST_SENTENCES} sentences added to the training rows")
-    return Data(train_encoded, train_labels, val_encoded, val_labels)
+    return Data(train_encoded, train_labels, val_encoded, val_labels, names)
 
 
-def _check_words(run: Run, encoded, labels: np.ndarray) -> None:
+def _check_words(run: Run, encoded, labels: np.ndarray, names: tuple[str, ...]) -> None:
     """A classifier learns from words: training rows of a class that hold none (empty, or
     punctuation alone) give it nothing to tell that class by, and it would only learn the
     share of each class."""
     wordless = encoded.total == 0
     if not wordless.any():
         return
-    counts = ", ".join(f"{data_module.LABELS[c]}: {int(wordless[labels == c].sum())} of {int((labels == c).sum())}"
-                       for c in (0, 1))
-    if any(wordless[labels == c].all() for c in (0, 1)):
+    counts = class_counts(names, labels, wordless)
+    if any(wordless[labels == c].all() for c in range(len(names)) if (labels == c).any()):
         raise SentimentError(f"{run.config.data}: no words to learn: {int(wordless.sum())} of {len(labels)} training "
                              f"rows are empty or hold no words ({counts}); a classifier needs reviews with words "
-                             "in both classes")
+                             "in every class")
     run.say(f"note: {int(wordless.sum())} of {len(labels)} training rows are empty or hold no words ({counts}); "
             "they are trained on as empty reviews", file=sys.stderr)
 
@@ -270,6 +269,7 @@ class Data:
     train_labels: np.ndarray
     val: object
     val_labels: np.ndarray
+    classes: tuple[str, ...] = data_module.LABELS
 
 
 def _language_model(run: Run, model: SentimentRNN, encoded, n_train: int, lm_checkpoint: dict | None) -> None:
@@ -343,7 +343,8 @@ def _classifier(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data,
             CTRL_C.check()
     except KeyboardInterrupt:
         if procs.main and progress.history:
-            validation = evaluate_state(model, progress.best_state, data.val, data.val_labels, run.device)
+            validation = evaluate_state(model, progress.best_state, data.val, data.val_labels, run.device,
+                                        data.classes)
             _save_best(run, model, encoder, progress, {"metrics": {"validation": validation}}, finished=False)
             print(f"\ninterrupted: the best model so far (epoch {progress.best['epoch']}, validation accuracy "
                   f"{progress.best['val_accuracy']:.4f}) is in {run.folder}; continue with --resume {run.folder}",
@@ -377,11 +378,11 @@ def _epoch(run: Run, stage, model: SentimentRNN, encoder: TextEncoder, data: Dat
                                           crop=(config.crop, *config.crop_range()))
     bar.close()
     if average is None:
-        val = evaluate(model, data.val, data.val_labels, 256, run.device)
+        val = evaluate(model, data.val, data.val_labels, 256, run.device, classes=data.classes)
     else:
         # The averaged weights are the ones validated and saved; training goes on from the raw ones.
         raw = state_copy(model)
-        val = evaluate_state(model, average.state, data.val, data.val_labels, run.device)
+        val = evaluate_state(model, average.state, data.val, data.val_labels, run.device, data.classes)
         model.load_state_dict(raw)
     record = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
               "val_loss": val["nll"], "val_accuracy": val["accuracy"],
@@ -431,13 +432,14 @@ def _finish(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data, pro
                                  config.seed)
     fitted = calibration.Calibration.of(calibrated)
     metrics = {"validation": evaluate(model, data.val, data.val_labels, 256, run.device,
-                                      fitted.temperatures(data.val.lengths))}
+                                      fitted.temperatures(data.val.lengths), data.classes)}
     if test_rows is not None:
         test_labels = np.asarray(test_rows["label"], dtype=np.int64)
         test = encoder.encode(test_rows["text"])
-        metrics["test"] = evaluate(model, test, test_labels, 256, run.device, fitted.temperatures(test.lengths))
+        metrics["test"] = evaluate(model, test, test_labels, 256, run.device, fitted.temperatures(test.lengths),
+                                   data.classes)
     _save_best(run, model, encoder, progress, {"metrics": metrics, "calibration": calibrated}, finished=True)
-    print(format_table({config.model: metrics.get("test", metrics["validation"])},
+    print(format_table({config.model: metrics.get("test", metrics["validation"])}, classes=data.classes,
                        title=f"{'test' if 'test' in metrics else 'validation'} metrics of the best epoch "
                              f"({progress.best['epoch']}), {run.wall_time():.0f}s in all:"))
     print(f"model saved to {run.folder}")

@@ -148,24 +148,31 @@ def test_finetune_onto_other_classes_learns_a_new_head(three, tmp_path):
 
 @pytest.mark.slow
 def test_bad_labels_get_one_line_with_file_row_and_value(tmp_path):
-    def train(folder, *args):  # run where a run folder would land, should one be made
-        return run_cli(ROOT / "train.py", *args, cwd=folder)
+    from sentiment.errors import SentimentError
+    from sentiment.train.training import TrainConfig, train
 
     single = write_table(tmp_path / "single.csv", [{"text": f"fine film {i}", "label": "positive"} for i in range(9)])
-    assert one_error_line(train(tmp_path, "--data", single)).endswith(
+    # Run where a run folder would land, should one be made.
+    assert one_error_line(run_cli(ROOT / "train.py", "--data", single, cwd=tmp_path)).endswith(
         f"{single}: every training row's label is 'positive' (all 9 rows, column 'label'); a classifier needs "
         "2 or more classes")
+
+    def refused(path, **options) -> str:
+        with pytest.raises(SentimentError) as error:
+            train(TrainConfig(data=str(path), out=str(tmp_path / path.stem), **options))
+        return str(error.value)
+
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": null}\n')
-    assert one_error_line(train(tmp_path, "--data", missing)).endswith(
-        f"{missing}:2: no label in column 'label' (got None); every training or evaluation row needs one")
+    assert refused(missing) == f"{missing}:2: no label in column 'label' (got None); every training or evaluation " \
+                               "row needs one"
     many = write_table(tmp_path / "many.csv", [{"text": f"film {i}", "label": i} for i in range(6)])
-    assert one_error_line(train(tmp_path, "--data", many, "--validation-fraction", "0.2")).endswith(
+    assert refused(many, validation_fraction=0.2) == (
         f"{many}: 6 classes (0, 1, 2, 3, 4, 5) but 4 training rows (once 2 went to validation); a classifier "
         "needs at least one row of each class, and more to learn from")
     fixed = write_table(tmp_path / "fixed.csv", [{"text": "good", "label": "good"}, {"text": "bad", "label": "meh"}])
-    assert one_error_line(train(tmp_path, "--data", fixed, "--labels", "bad,good")).endswith(
-        f"{fixed}:3: label 'meh' in column 'label' is not one of the classes bad, good")
+    assert refused(fixed, labels="bad,good") == f"{fixed}:3: label 'meh' in column 'label' is not one of the " \
+                                                "classes bad, good"
 
 
 def test_a_bundle_without_a_label_list_is_negative_positive(tmp_path):

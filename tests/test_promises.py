@@ -200,7 +200,7 @@ def test_serve_refuses_a_port_out_of_range():
 def test_training_data_of_one_class_is_refused(tmp_path):
     data = write_table(tmp_path / "one.csv", [{"text": f"good film {i}", "label": 1} for i in range(20)])
     line = one_error_line(run_cli("train.py", "--data", data, "--out", tmp_path / "run"))
-    assert "the train split holds positive reviews only (20 rows)" in line
+    assert "every training row's label is 'positive' (all 20 rows, column 'label')" in line
 
 
 @pytest.mark.slow

@@ -1,0 +1,105 @@
+"""Star ratings from IMDB itself: fine-tune the shipped lstm and bilstm onto the archive's
+`rating` column (8 classes: 1-4 and 7-10 stars), beside the TF-IDF baseline.
+
+    python bench/ratings.py --data ../shared/imdb/aclImdb_v1.tar.gz
+
+Each model is `python train.py --finetune-from models/KIND --data DATA --label-column rating
+--train-subset N --test-subset M --epochs E --out RUNS/KIND`, the command a user runs: the
+shipped model's embedding, encoder and tokenizer, a new head of 8 classes. The baseline (TF-IDF
+of words and bigrams, multinomial logistic regression) is fitted twice: on the very rows the
+models trained on (the same seeded subset, less the same validation rows), and on the whole
+train split; all are measured on the same seeded subset of the test split. The JSON
+(bench/results/ratings.json) holds accuracy, macro-F1, mean absolute error (in stars) and the
+share within one class of the truth, with the commands that made them. A finished run folder
+is reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHOWN = ("accuracy", "macro_f1", "mae", "within_one", "ece")
+
+
+def summary(metrics: dict) -> dict:
+    return {k: round(metrics[k], 4) for k in SHOWN if metrics.get(k) is not None}
+
+
+def finetune(kind: str, args, runs: Path) -> dict:
+    out = runs / kind
+    command = [sys.executable, "train.py", "--finetune-from", f"models/{kind}", "--data", args.data,
+               "--label-column", "rating", "--train-subset", str(args.train_subset),
+               "--test-subset", str(args.test_subset), "--epochs", str(args.epochs), "--seed", str(args.seed),
+               "--out", str(out)]
+    config_file = out / "config.json"
+    finished = config_file.is_file() and json.loads(config_file.read_text()).get("trained", {}).get("finished")
+    if not finished:
+        started = time.time()
+        subprocess.run(command, cwd=ROOT, check=True)
+        print(f"{kind}: {time.time() - started:.0f} s", flush=True)
+    config = json.loads(config_file.read_text())
+    return {"command": shlex.join(["python", *command[1:]]), "labels": config["labels"],
+            "wall_time_s": config["trained"]["wall_time_s"], "best_epoch": config["trained"]["best_epoch"],
+            "test": summary(config["metrics"]["test"]), "validation": summary(config["metrics"]["validation"])}
+
+
+def baselines(args) -> dict:
+    """The TF-IDF baseline on the models' own training rows, and on the whole train split."""
+    from sentiment.data import classes, load_source, split_validation
+    from sentiment.evaluate.baseline import LinearBaseline
+    from sentiment.metrics import classification_metrics
+
+    splits = load_source(args.data, label_column="rating")
+    names = classes(splits)
+    # The rows train.py trains on: the seeded subset, less the seeded validation share.
+    subset = splits["train"].shuffle(seed=args.seed).select(range(args.train_subset))
+    same_rows, _ = split_validation(subset, 0.1, args.seed)
+    test = splits["test"].shuffle(seed=args.seed).select(range(args.test_subset))
+    out = {}
+    for name, rows in (("tfidf+logreg, the models' training rows", same_rows),
+                       ("tfidf+logreg, the whole train split", splits["train"])):
+        started = time.time()
+        model = LinearBaseline(names).fit(rows["text"], rows["label"])
+        metrics = classification_metrics(test["label"], model.predict_proba(test["text"]), names)
+        out[name] = {"train_rows": len(rows), "test": summary(metrics), "seconds": round(time.time() - started, 1)}
+        print(f"{name}: {out[name]}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "imdb" / "aclImdb_v1.tar.gz"))
+    parser.add_argument("--kinds", default="lstm,bilstm")
+    parser.add_argument("--train-subset", type=int, default=6000)
+    parser.add_argument("--test-subset", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "ratings"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ratings.json"))
+    args = parser.parse_args()
+    runs = Path(args.runs)
+    result = {"command": shlex.join(["python", "bench/ratings.py", *sys.argv[1:]]),
+              "data": args.data, "label_column": "rating",
+              "note": "test figures on a seeded subset of the IMDB test split; mae in stars; within_one: the "
+                      "share predicted at most one class away (4 and 7 stars are neighbours)",
+              "models": {}, "baselines": {}}
+    out = Path(args.out)
+    for kind in args.kinds.split(","):
+        result["models"][kind] = finetune(kind, args, runs)
+        print(f"{kind}: {result['models'][kind]['test']}", flush=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")  # what is done so far, should a later step fail
+    result["baselines"] = baselines(args)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -49,6 +49,24 @@ def _in_threads(count: int, work) -> None:
         raise errors[0]
 
 
+@pytest.mark.parametrize("options,error", [
+    ({"max_batch": 2000}, "--max-queue (1,024) must be at least --max-batch (2,000)"),
+    ({"max_batch_size": 0}, "--max-batch-size must be at least 1 (got 0)"),
+    ({"batch_wait_ms": float("nan")}, "--batch-wait-ms must be between 0 and 10000 (got nan)"),
+    ({"request_timeout_s": 0}, "--request-timeout-s must be above 0 and at most 3600 (got 0)"),
+    ({"replicas": 2}, "--address and --replicas are options of --engine ray"),
+    ({"engine": "ray", "share": True}, "--share opens the page, which --engine ray does not serve (it serves the "
+                                       "JSON API)"),
+])
+def test_batching_options_are_checked_up_front(options, error):
+    from sentiment.errors import SentimentError
+    from sentiment.serve.app import ServeConfig
+
+    with pytest.raises(SentimentError) as raised:
+        ServeConfig(**options)
+    assert str(raised.value) == error
+
+
 @pytest.fixture(scope="module")
 def batching_server(tiny_model, tmp_path_factory):
     # Small batches and a long wait: concurrent requests are certainly joined, and a request

@@ -135,6 +135,8 @@ class ServeConfig:
             raise SentimentError(f"--max-queue ({self.max_queue:,}) must be at least --max-batch ({self.max_batch:,})")
         if self.engine == "local" and (self.address or self.replicas != 1):
             raise SentimentError("--address and --replicas are options of --engine ray")
+        if self.engine == "ray" and self.share:
+            raise SentimentError("--share opens the page, which --engine ray does not serve (it serves the JSON API)")
         if self.port > 65535:
             raise SentimentError(f"--port must be at most 65535 (got {self.port})")
 

@@ -381,8 +381,8 @@ def _share(server, config: ServeConfig) -> None:
         print(f"no public link: {exc}", flush=True)
 
 
-def _stop_on_signals() -> None:
-    """SIGTERM (a service manager's stop) and Ctrl-C end the server with exit status 0.
+def _stop_on_signals(*signums: int) -> None:
+    """SIGTERM (a service manager's stop) and, once the server runs, Ctrl-C end it with exit status 0.
 
     uvicorn stops gracefully on either signal (no new connections; requests under way,
     those waiting for a batch included, are answered, for at most ``GRACE_S``) and then
@@ -394,8 +394,8 @@ def _stop_on_signals() -> None:
         raise SystemExit(0)
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        for signum in signums:
+            signal.signal(signum, stop)
 
 
 def launch(config: ServeConfig) -> None:
@@ -404,7 +404,7 @@ def launch(config: ServeConfig) -> None:
     import torch
     import uvicorn
 
-    _stop_on_signals()
+    _stop_on_signals(signal.SIGTERM)
     cors_origins(config.cors_origin)  # a bad value fails before the models load
     _check_address(config.host, config.port)
     # Requests run on worker threads. Two-thread torch ops started from several threads
@@ -426,4 +426,6 @@ def launch(config: ServeConfig) -> None:
     print(f"serving {', '.join(f'{n} ({c.path})' for n, c in classifiers.items())} on "
           f"http://{config.host}:{config.port}/ (JSON API at {API}, docs at /docs; Ctrl-C to stop"
           f"{'' if config.share else '; --share for a public link'})", flush=True)
+    # Ctrl-C before this point (while the models load) stays "interrupted", status 130.
+    _stop_on_signals(signal.SIGINT)
     server.run()

@@ -21,7 +21,8 @@ review travels, and every surface uses it:
                               pretrain (language model), distributed (torchrun ranks), calibrate
       scoring/                `sentiment score`: score.py (the command), ray_score.py (Ray Data)
       serve/                  `sentiment serve`: app.py (the Gradio page), server.py (JSON API),
-                              http_limits.py (what a client may send), page_queue.py
+                              batcher.py (requests scored together), http_limits.py (what a
+                              client may send), page_queue.py, ray_serve.py (--engine ray)
       evaluate/               evaluation.py, baseline.py (TF-IDF), behaviour.py (CheckList-style)
 
 Imports run one way: a wing imports the core, never another wing (what two wings need

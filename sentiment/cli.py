@@ -83,9 +83,16 @@ def _serve_parser(parser: argparse.ArgumentParser) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from .serve.app import ServeConfig
-    from .serve.server import launch
 
-    launch(from_args(ServeConfig, args))
+    config = from_args(ServeConfig, args)
+    if config.engine == "ray":
+        from .serve.ray_serve import serve_on_ray
+
+        serve_on_ray(config)
+    else:
+        from .serve.server import launch
+
+        launch(config)
     return 0
 
 

@@ -25,6 +25,7 @@ from contextlib import nullcontext  # noqa: E402
 from ..data import LABELS  # noqa: E402
 from ..errors import SentimentError  # noqa: E402
 from ..options import check_whole  # noqa: E402
+from .batcher import Batcher, BatchOptions, Busy  # noqa: E402
 from .page_queue import queue_bounded  # noqa: E402
 from ..predict import NOTHING_TO_JUDGE, PRECISIONS, Classifier  # noqa: E402
 from ..readers import encodable  # noqa: E402
@@ -109,12 +110,44 @@ class ServeConfig:
         "help": "auto: bfloat16 where the CPU/GPU has it, else float32", "choices": PRECISIONS})
     concurrency: int = field(default=4, metadata={"help": "requests computed at once; the rest wait in a queue",
                                                   "metavar": "N"})
+    max_batch_size: int = field(default=64, metadata={
+        "help": "most texts in one forward pass of the model: texts of concurrent requests (API and page) "
+                "are scored together up to this many", "metavar": "N"})
+    batch_wait_ms: float = field(default=2.0, metadata={
+        "help": "while the model is busy, how long a batch waits for more texts before it runs "
+                "(0: never wait; a lone request never waits)", "metavar": "MS"})
+    max_queue: int = field(default=1024, metadata={
+        "help": "texts waiting for the model, per model, past which requests are refused "
+                "(503, try again) instead of queued", "metavar": "N"})
+    request_timeout_s: float = field(default=30.0, metadata={
+        "help": "longest a request waits for the model before it is answered 503 (busy)", "metavar": "S"})
+    engine: str = field(default="local", metadata={
+        "help": "local: this process serves page and API; ray: the JSON API as a Ray Serve application "
+                "(pip install 'sentiment[ray]'), without the page", "choices": ("local", "ray")})
+    replicas: int = field(default=1, metadata={"help": "with --engine ray: copies of each model, each a "
+                                                       "Ray Serve replica", "metavar": "N"})
+    address: str | None = field(default=None, metadata={
+        "help": "with --engine ray: the cluster to join (auto: the one running here; default: start a local one)",
+        "metavar": "ADDR"})
     cors_origin: str | None = field(default=None, metadata={
         "help": "web pages allowed to call the server from a browser, as origins separated by commas "
                 "(such as https://example.org,http://localhost:3000); none by default", "metavar": "ORIGINS"})
 
     def __post_init__(self):
-        check_whole(self, ("port", "max_chars", "max_upload_mb", "max_batch", "max_rows", "concurrency"))
+        check_whole(self, ("port", "max_chars", "max_upload_mb", "max_batch", "max_rows", "concurrency",
+                           "max_batch_size", "max_queue", "replicas"))
+        # Written so that NaN fails too.
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise SentimentError(f"--batch-wait-ms must be between 0 and 10000 (got {self.batch_wait_ms})")
+        if not 0 < self.request_timeout_s <= 3600:
+            raise SentimentError(f"--request-timeout-s must be above 0 and at most 3600 (got {self.request_timeout_s})")
+        if self.max_batch > self.max_queue:
+            # A request must fit in the queue when it is empty, or "try again" would never work.
+            raise SentimentError(f"--max-queue ({self.max_queue:,}) must be at least --max-batch ({self.max_batch:,})")
+        if self.engine == "local" and (self.address or self.replicas != 1):
+            raise SentimentError("--address and --replicas are options of --engine ray")
+        if self.engine == "ray" and self.share:
+            raise SentimentError("--share opens the page, which --engine ray does not serve (it serves the JSON API)")
         if self.port > 65535:
             raise SentimentError(f"--port must be at most 65535 (got {self.port})")
 
@@ -134,8 +167,9 @@ def card_text(clf: Classifier) -> str:
 class Views:
     """What the page computes, one method per view; every model call passes the shared gate."""
 
-    def __init__(self, classifiers: dict[str, Classifier], config: ServeConfig, gate):
-        self.classifiers, self.config, self.gate = classifiers, config, gate
+    def __init__(self, classifiers: dict[str, Classifier], config: ServeConfig, gate, batchers: dict[str, Batcher]):
+        self.classifiers, self.config, self.gate, self.batchers = classifiers, config, gate, batchers
+        self.main_name = next(iter(classifiers))
         self.main = next(iter(classifiers.values()))
         # The compare table shows P(positive) when every model has it, else the prediction's probability.
         self.compare_p_positive = all(speaks_sentiment(c) for c in classifiers.values())
@@ -161,11 +195,17 @@ class Views:
 
     def predict(self, text: str) -> dict[str, float] | str:
         text = self.check(text)
-        with self.gate:
-            result = self.main.scores([text])
+        result = self.batched(self.main_name, text)
         if not result.judged[0]:
             return NOTHING_TO_JUDGE
         return dict(zip(self.main.labels, result.probabilities[0].tolist()))
+
+    def batched(self, name: str, text: str):
+        """The scores of one text, computed with the texts of every other caller of the same model."""
+        try:
+            return self.batchers[name].scores([text])
+        except Busy:
+            raise self.refuse("The server is busy: try again in a moment.") from None
 
     def explain(self, text: str):
         text = self.check(text)
@@ -209,8 +249,7 @@ class Views:
         text = self.check(text)
         rows = []
         for name, clf in self.classifiers.items():
-            with self.gate:
-                [result] = clf([text])
+            [result] = self.batched(name, text).results()
             if result["label"] is None:
                 rows.append([name, clf.config["model"]["kind"], NOTHING_TO_JUDGE, None])
             else:
@@ -269,19 +308,32 @@ class Views:
         return pd.DataFrame(rows, columns=header), str(out), note
 
 
+def make_batchers(classifiers: dict[str, Classifier], config: ServeConfig, gate=None,
+                  observe=None) -> dict[str, Batcher]:
+    """One batcher per model, with the options of ``config``; ``observe(name)`` gives each its observer."""
+    options = BatchOptions(max_batch_size=config.max_batch_size, wait_s=config.batch_wait_ms / 1000,
+                           max_queue=config.max_queue, timeout_s=config.request_timeout_s,
+                           workers=config.concurrency)
+    return {name: Batcher(clf, options, gate, observe(name) if observe else None)
+            for name, clf in classifiers.items()}
+
+
 def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = None,
-              gate: threading.Semaphore | None = None):
+              gate: threading.Semaphore | None = None, batchers: dict[str, Batcher] | None = None):
     """The page, for ``classifiers`` (name -> Classifier; the first is the main model).
 
     ``gate`` bounds the model computations running at once; the server shares one gate
-    between this page and its JSON API, so --concurrency holds for both together.
+    between this page and its JSON API, so --concurrency holds for both together, and
+    the same ``batchers`` (one per model, made here when not given), so that texts from
+    both are scored in shared batches.
     """
     import gradio as gr
 
     config = config or ServeConfig()
     if not classifiers:
         raise SentimentError("no model to serve")
-    views = Views(classifiers, config, gate or nullcontext())
+    gate = gate or nullcontext()
+    views = Views(classifiers, config, gate, batchers or make_batchers(classifiers, config, gate))
     names = list(classifiers)
     with gr.Blocks(title="sentiment: movie review classifier", delete_cache=(RESULT_TTL_S, RESULT_TTL_S)) as demo:
         # Gradio records here each path its upload route hands out (and forgets it with
@@ -303,12 +355,15 @@ def build_app(classifiers: dict[str, Classifier], config: ServeConfig | None = N
         # on key presses alone in this gradio. always_last: while one prediction runs,
         # only the newest text waits (a debounce). The page itself calls every event
         # over HTTP, so each one, private or not, takes the same limits.
+        # Predictions wait in the model's batcher, not in the page's queue: as many run at
+        # once as a batch takes, so the texts of many users are scored together.
         for name, target in outputs.items():
             fn = getattr(views, name)
+            limit = config.max_batch_size if name in ("predict", "compare") else "default"
             button.click(fn, review, target, api_name=name, trigger_mode="always_last",
-                         api_visibility=VISIBILITY.get(name, "private"))
+                         api_visibility=VISIBILITY.get(name, "private"), concurrency_limit=limit)
             review.change(fn, review, target, api_name=f"{name}_live", api_visibility="private",
-                          trigger_mode="always_last", show_progress="hidden")
+                          trigger_mode="always_last", show_progress="hidden", concurrency_limit=limit)
         # Unprocessed: the path reaches score_file as sent, which checks it before reading.
         score_button.click(views.score_file, upload, file_outputs, api_name="score_file",
                            api_visibility="undocumented", preprocess=False)

@@ -33,6 +33,9 @@ MIN_BODY_RATE = 64 * 1024
 SMALL_BODY = 64 * 1024
 MAX_CONNECTIONS = 256
 KEEP_ALIVE_S = 5
+# On SIGTERM or Ctrl-C, how long requests under way may take to be answered before the
+# server exits anyway (the page's open event streams would otherwise keep it up).
+GRACE_S = 5
 # An error page rewritten as JSON keeps this much of the original text.
 ERROR_TEXT_CHARS = 500
 
@@ -259,4 +262,4 @@ def server_config(app, host: str, port: int):
     # The connection cap is TimedH11Protocol's own, answered in JSON; uvicorn's
     # limit_concurrency would also count requests and answer in plain text.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http=TimedH11Protocol,
-                          timeout_keep_alive=KEEP_ALIVE_S)
+                          timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=GRACE_S)

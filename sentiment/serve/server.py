@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException
 
-from .app import ServeConfig, build_app
+from .app import ServeConfig, build_app, make_batchers
+from .batcher import Busy
 from ..errors import SentimentError
 from .http_limits import Guard, server_config
 from ..predict import Classifier
@@ -39,13 +40,15 @@ SESSION_CAPACITY = 100
 # A multipart upload carries some bytes of framing beside the file itself.
 BODY_SLACK = 64 * 1024
 LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 class ApiError(Exception):
     """A request the API refuses: answered as ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 def model_version(clf: Classifier) -> str:
@@ -82,6 +85,12 @@ class _Metrics:
                                       ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.texts = prom.Counter("sentiment_texts", "texts scored through the JSON API", ["model"],
                                   registry=self.registry)
+        self.batch_size = prom.Histogram("sentiment_batch_size", "texts per forward pass of the model",
+                                         ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_wait = prom.Histogram("sentiment_batch_wait_seconds", "time a request's texts waited for "
+                                         "the model", ["model"], buckets=WAIT_BUCKETS, registry=self.registry)
+        self.queue_depth = prom.Gauge("sentiment_queue_depth", "texts waiting for the model", ["model"],
+                                      registry=self.registry)
         info = prom.Info("sentiment_model", "the loaded models", ["name"], registry=self.registry)
         for name, clf in classifiers.items():
             info.labels(name=name).info({"kind": clf.config["model"]["kind"], "version": model_version(clf)})
@@ -93,6 +102,20 @@ class _Metrics:
         if status >= 400:
             self.errors.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
+
+    def batch_observer(self, name: str):
+        """What a model's batcher reports after each batch, recorded under ``name``."""
+        size, wait = self.batch_size.labels(name), self.batch_wait.labels(name)
+
+        def observe(texts: int, waits: list[float]) -> None:
+            size.observe(texts)
+            for seconds in waits:
+                wait.observe(seconds)
+        return observe
+
+    def watch_queues(self, batchers: dict) -> None:
+        for name, batcher in batchers.items():
+            self.queue_depth.labels(name).set_function(lambda b=batcher: b.waiting)
 
     def text(self) -> bytes:
         return self.prom.generate_latest(self.registry)
@@ -162,7 +185,7 @@ def _add_error_answers(api: FastAPI) -> None:
 
     @api.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @api.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
@@ -203,13 +226,16 @@ def _add_method_answers(api: FastAPI) -> None:
                             status_code=404)
 
 
-def _add_routes(api: FastAPI, classifiers: dict[str, Classifier], config: ServeConfig, gate, metrics: _Metrics):
+def _add_routes(api: FastAPI, classifiers: dict[str, Classifier], config: ServeConfig, scorers: dict,
+                metrics: _Metrics):
     names = list(classifiers)
 
     # Unset fields stay out: p_positive is only in answers of negative/positive models.
     @api.post(f"{API}/predict", response_model=PredictResponse, response_model_exclude_unset=True,
               responses={413: {"description": "too many texts, or a text or body too long"},
-                         404: {"description": "no such model"}, 422: {"description": "malformed request"}})
+                         404: {"description": "no such model"}, 422: {"description": "malformed request"},
+                         503: {"description": "busy: too many texts waiting, or no answer in time; "
+                                              "try again after Retry-After seconds"}})
     def predict(request: PredictRequest) -> dict:
         """A label and every label's probability for each text, in the order given, as one batch."""
         name = request.model or names[0]
@@ -223,8 +249,10 @@ def _add_routes(api: FastAPI, classifiers: dict[str, Classifier], config: ServeC
             if len(text) > config.max_chars:
                 raise ApiError(413, f"texts[{i}]: {len(text):,} characters; the limit is {config.max_chars:,} "
                                     "(--max-chars)")
-        with gate:
-            results = clf(request.texts, batch_size=max(1, len(request.texts)))
+        try:
+            results = scorers[name].scores(request.texts).results()
+        except Busy as exc:
+            raise ApiError(503, exc.message, {"Retry-After": str(exc.retry_after_s)}) from None
         metrics.texts.labels(name).inc(len(results))
         return {"model": name, "results": results}
 
@@ -261,23 +289,21 @@ def cors_origins(value: str | None) -> list[str]:
     return origins
 
 
-def build_server(classifiers: dict[str, Classifier], config: ServeConfig | None = None):
-    """The FastAPI application: JSON API routes, then the page mounted at ``/``."""
-    import gradio as gr
+def build_api(classifiers: dict[str, Classifier], config: ServeConfig, scorers: dict, metrics: "_Metrics",
+              description: str) -> FastAPI:
+    """The JSON API's routes and error answers; ``scorers[name].scores(texts)`` scores (a batcher,
+    or the Ray engine's handle on its replicas), raising ``Busy`` when it cannot take more."""
+    api = FastAPI(title="sentiment", version=_version(), description=description)
+    _add_error_answers(api)
+    _add_routes(api, classifiers, config, scorers, metrics)
+    _add_method_answers(api)
+    return api
+
+
+def guard(api: FastAPI, config: ServeConfig, metrics: "_Metrics") -> FastAPI:
+    """The browser origins and the limits on what a client may send, around ``api`` and all it holds."""
     from starlette.middleware.cors import CORSMiddleware
 
-    config = config or ServeConfig()
-    gate = threading.BoundedSemaphore(config.concurrency)
-    metrics = _Metrics(classifiers)
-    api = FastAPI(title="sentiment", version=_version(),
-                  description="Sentiment of English movie reviews with recurrent networks. The web page is at /.")
-    _add_error_answers(api)
-    _add_routes(api, classifiers, config, gate, metrics)
-    _add_method_answers(api)
-    demo = build_app(classifiers, config, gate)
-    demo.state_session_capacity = SESSION_CAPACITY
-    gr.mount_gradio_app(api, demo, path="/", server_name=config.host, server_port=config.port, ssr_mode=False,
-                        max_file_size=f"{config.max_upload_mb}mb", footer_links=["api", "settings"])
     # Only the origins the user names may read answers from a browser. Gradio's own rule
     # (any localhost page when serving on 127.0.0.1, any page at all on other addresses)
     # steps aside when the application has this middleware.
@@ -288,6 +314,24 @@ def build_server(classifiers: dict[str, Classifier], config: ServeConfig | None 
                        cap=f"request body over the limit of {limit - BODY_SLACK:,} bytes (--max-upload-mb)",
                        json_errors=lambda path: path in ROUTES or path.startswith(API + "/"))
     return api
+
+
+def build_server(classifiers: dict[str, Classifier], config: ServeConfig | None = None):
+    """The FastAPI application: JSON API routes, then the page mounted at ``/``."""
+    import gradio as gr
+
+    config = config or ServeConfig()
+    gate = threading.BoundedSemaphore(config.concurrency)
+    metrics = _Metrics(classifiers)
+    batchers = make_batchers(classifiers, config, gate, metrics.batch_observer)
+    metrics.watch_queues(batchers)
+    api = build_api(classifiers, config, batchers, metrics,
+                    "Sentiment of English movie reviews with recurrent networks. The web page is at /.")
+    demo = build_app(classifiers, config, gate, batchers)
+    demo.state_session_capacity = SESSION_CAPACITY
+    gr.mount_gradio_app(api, demo, path="/", server_name=config.host, server_port=config.port, ssr_mode=False,
+                        max_file_size=f"{config.max_upload_mb}mb", footer_links=["api", "settings"])
+    return guard(api, config, metrics)
 
 
 def _version() -> str:
@@ -340,18 +384,21 @@ def _share(server, config: ServeConfig) -> None:
         print(f"no public link: {exc}", flush=True)
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a service manager's stop) ends the server as Ctrl-C does, with exit status 0.
+def _stop_on_signals(*signums: int) -> None:
+    """SIGTERM (a service manager's stop) and, once the server runs, Ctrl-C end it with exit status 0.
 
-    uvicorn stops gracefully on either signal and then raises it again; SIGTERM's default
-    action would then kill the process before its exit handlers remove the page's
-    temporary files. Raising SystemExit instead runs them.
+    uvicorn stops gracefully on either signal (no new connections; requests under way,
+    those waiting for a batch included, are answered, for at most ``GRACE_S``) and then
+    raises the signal again; SIGTERM's default action would then kill the process before
+    its exit handlers remove the page's temporary files, and SIGINT's would end it with a
+    traceback. Raising SystemExit instead runs them.
     """
     def stop(signum, frame):
         raise SystemExit(0)
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
+        for signum in signums:
+            signal.signal(signum, stop)
 
 
 def launch(config: ServeConfig) -> None:
@@ -360,7 +407,7 @@ def launch(config: ServeConfig) -> None:
     import torch
     import uvicorn
 
-    _stop_on_sigterm()
+    _stop_on_signals(signal.SIGTERM)
     cors_origins(config.cors_origin)  # a bad value fails before the models load
     _check_address(config.host, config.port)
     # Requests run on worker threads. Two-thread torch ops started from several threads
@@ -382,4 +429,6 @@ def launch(config: ServeConfig) -> None:
     print(f"serving {', '.join(f'{n} ({c.path})' for n, c in classifiers.items())} on "
           f"http://{config.host}:{config.port}/ (JSON API at {API}, docs at /docs; Ctrl-C to stop"
           f"{'' if config.share else '; --share for a public link'})", flush=True)
+    # Ctrl-C before this point (while the models load) stays "interrupted", status 130.
+    _stop_on_signals(signal.SIGINT)
     server.run()

@@ -189,3 +189,16 @@ def server(tiny_model, tmp_path_factory):
                      "--max-batch", "8", "--max-upload-mb", "1", "--max-rows", "50", log=log).wait_ready()
     yield running
     running.stop()
+
+
+# Run with pytest-xdist (`-n 2 --dist loadgroup`, the README's test command), each test file
+# stays on one worker, so a server or cluster a module starts once is started once. The two
+# files that start Ray clusters share a worker: `ray stop` ends every cluster of the machine,
+# and a cluster started with `ray start` is the one a bare `ray.init()` would join.
+RAY_FILES = {"test_ray.py", "test_server_ray.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_FILES else name))

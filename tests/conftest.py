@@ -193,12 +193,8 @@ def server(tiny_model, tmp_path_factory):
 
 # Run with pytest-xdist (`-n 2 --dist loadgroup`, the README's test command), each test file
 # stays on one worker, so a server or cluster a module starts once is started once. The two
-# files that start Ray clusters share a worker: `ray stop` ends every cluster of the machine,
-# and a cluster started with `ray start` is the one a bare `ray.init()` would join.
-RAY_FILES = {"test_ray.py", "test_server_ray.py"}
-
-
+# tests that start Ray clusters (marked `ray`) share a worker: `ray stop` ends every cluster
+# of the machine.
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_FILES else name))
+        item.add_marker(pytest.mark.xdist_group("ray" if item.get_closest_marker("ray") else item.path.name))

@@ -25,6 +25,7 @@ def ray_available() -> bool:
 
 
 needs_ray = pytest.mark.skipif(not ray_available(), reason='Ray Data is not installed: pip install -e ".[ray]"')
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,7 @@ def _ray_available() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.skipif(not _ray_available(), reason='Ray Data is not installed: pip install -e ".[ray]"')
 def test_a_lone_surrogate_is_replaced_on_ray_too(tiny_model, tmp_path):
     path = tmp_path / "r.jsonl"

@@ -21,7 +21,7 @@ def serve_available() -> bool:
         and importlib.util.find_spec("grpc") is not None
 
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.ray,
               pytest.mark.skipif(not serve_available(), reason='Ray Serve is not installed: pip install -e ".[ray]"')]
 
 REVIEWS = [text for text, _ in make_reviews(40, seed=11)] + ["", "zzzq qqqx", "loved it"]

@@ -180,7 +180,8 @@ def connect(address: str | None, workers: int):
             kwargs.pop("include_dashboard")
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
+            # "local": a new cluster of this process, never one that `ray start` left running here.
+            ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SentimentError(f"--address {address}: cannot join a Ray cluster ({str(exc).splitlines()[0]})") from None
     return ray

@@ -179,7 +179,8 @@ def _connect(config: ServeConfig, models: int):
         else:
             # Each replica reserves one CPU: on a machine of fewer cores than replicas, the
             # local cluster says it has enough, and the replicas share the cores.
-            ray.init(num_cpus=max(os.cpu_count() or 1, config.replicas * models), include_dashboard=False, **kwargs)
+            # "local": a new cluster of this process, never one that `ray start` left running here.
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, config.replicas * models), include_dashboard=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SentimentError(f"--address {config.address}: cannot join a Ray cluster "
                              f"({str(exc).splitlines()[0]})") from None

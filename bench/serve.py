@@ -29,8 +29,8 @@ stream), through the server's queue like every caller; gradio_client itself adds
 
 Every request is a different real-length review (IMDB test reviews when the archive is
 beside the checkout, otherwise generated text). ``rss_mb`` is the server process's
-resident memory after warm-up and at the end (for Ray, the sum over the server and every
-process below it).
+resident memory once it answers, after warm-up, and at the end (for Ray, the sum over
+the server and every process below it).
 """
 from __future__ import annotations
 
@@ -193,14 +193,17 @@ def measure(args, texts: list[str], extra: list[str], page: bool) -> dict:
                 raise RuntimeError(f"unexpected answer {results[:2]!r}")
             return size
 
+        tree = "ray" in extra
+        started = rss_mb(server.pid, tree)
         # Warm-up, not measured: each client opens its connection, and the server its
-        # worker threads (without it the first second shows 350 ms latencies, all from set-up).
+        # worker threads (without it the first second shows 350 ms latencies, all from set-up);
+        # one request of 64 reviews sets up the largest batch the server computes.
         for i, client in enumerate(clients):
             if page:
                 gradio(client, i)
             api(client, i)
-        tree = "ray" in extra
-        result = {"server_args": extra, "rss_mb": {"after_warm_up": rss_mb(server.pid, tree)}}
+        api(clients[0], 0, 64)
+        result = {"server_args": extra, "rss_mb": {"started": started, "after_warm_up": rss_mb(server.pid, tree)}}
         interval = args.clients / args.rate
         result["api_single"] = phase(api, clients, 1, args.seconds / 2, None)
         result["api_batch64"] = phase(lambda c, i: api(c, i, 64), clients, 1, args.seconds / 2, None)
@@ -242,8 +245,8 @@ def main() -> None:
         "clients": args.clients, "cpus": os.cpu_count(), "paced_rate_requested": args.rate,
         "batch_wait_ms": args.batch_wait_ms, "max_batch_size": args.max_batch_size,
         "concurrency": args.concurrency or "the server's default",
-        "warm_up": "one request of each API per client, and 3 s at the paced rate before each paced phase, "
-                   "not measured",
+        "warm_up": "one request of each API per client, one request of 64 reviews, and 3 s at the paced rate "
+                   "before each paced phase, not measured",
     }
     for engine in engines:
         result[engine] = measure(args, texts, ENGINES[engine], page="ray" not in engine)

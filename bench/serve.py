@@ -24,12 +24,13 @@ stream), through the server's queue like every caller; gradio_client itself adds
 55 ms of client-side work per call on this machine, which would measure the client.
 
     python bench/serve.py [--engines batched,unbatched,ray1,ray2] [--seconds 30]
-                          [--batch-wait-ms MS] [--max-batch-size N] [--model DIR] [--clients 20]
+                          [--batch-wait-ms MS] [--max-batch-size N] [--concurrency N]
+                          [--model DIR] [--clients 20]
 
 Every request is a different real-length review (IMDB test reviews when the archive is
 beside the checkout, otherwise generated text). ``rss_mb`` is the server process's
-resident memory after warm-up and at the end (for Ray, the sum over the server and every
-process below it).
+resident memory once it answers, after warm-up, and at the end (for Ray, the sum over
+the server and every process below it).
 """
 from __future__ import annotations
 
@@ -98,6 +99,8 @@ def start(args, extra: list[str]) -> tuple[subprocess.Popen, str]:
                "--batch-wait-ms", str(args.batch_wait_ms), *extra]
     if "--max-batch-size" not in extra:
         command += ["--max-batch-size", str(args.max_batch_size)]
+    if args.concurrency:
+        command += ["--concurrency", str(args.concurrency)]
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}/"
@@ -190,14 +193,17 @@ def measure(args, texts: list[str], extra: list[str], page: bool) -> dict:
                 raise RuntimeError(f"unexpected answer {results[:2]!r}")
             return size
 
+        tree = "ray" in extra
+        started = rss_mb(server.pid, tree)
         # Warm-up, not measured: each client opens its connection, and the server its
-        # worker threads (without it the first second shows 350 ms latencies, all from set-up).
+        # worker threads (without it the first second shows 350 ms latencies, all from set-up);
+        # one request of 64 reviews sets up the largest batch the server computes.
         for i, client in enumerate(clients):
             if page:
                 gradio(client, i)
             api(client, i)
-        tree = "ray" in extra
-        result = {"server_args": extra, "rss_mb": {"after_warm_up": rss_mb(server.pid, tree)}}
+        api(clients[0], 0, 64)
+        result = {"server_args": extra, "rss_mb": {"started": started, "after_warm_up": rss_mb(server.pid, tree)}}
         interval = args.clients / args.rate
         result["api_single"] = phase(api, clients, 1, args.seconds / 2, None)
         result["api_batch64"] = phase(lambda c, i: api(c, i, 64), clients, 1, args.seconds / 2, None)
@@ -225,6 +231,7 @@ def main() -> None:
     parser.add_argument("--saturated-seconds", type=float, default=15.0)
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=None, help="the server's --concurrency (default: its own)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve.json"))
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -237,8 +244,9 @@ def main() -> None:
         "command": " ".join(["python", "bench/serve.py", *sys.argv[1:]]),
         "clients": args.clients, "cpus": os.cpu_count(), "paced_rate_requested": args.rate,
         "batch_wait_ms": args.batch_wait_ms, "max_batch_size": args.max_batch_size,
-        "warm_up": "one request of each API per client, and 3 s at the paced rate before each paced phase, "
-                   "not measured",
+        "concurrency": args.concurrency or "the server's default",
+        "warm_up": "one request of each API per client, one request of 64 reviews, and 3 s at the paced rate "
+                   "before each paced phase, not measured",
     }
     for engine in engines:
         result[engine] = measure(args, texts, ENGINES[engine], page="ray" not in engine)

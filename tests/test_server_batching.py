@@ -91,7 +91,22 @@ def test_concurrent_callers_get_what_scoring_alone_gives(batching_server, tiny_m
                 assert response.status_code == 200, response.text
                 answers[k] = response.json()
 
-    _in_threads(12, client)
+    page_texts = [REVIEWS[i] for i in range(0, 24)]
+    page_answers: dict[int, dict] = {}
+
+    def page(i):  # the page's own predictions, through the same batcher as the API's
+        with httpx.Client(base_url=batching_server.url, timeout=60) as http:
+            for k in range(i, len(page_texts), 4):
+                event = http.post("gradio_api/call/predict", json={"data": [page_texts[k]]}).json()["event_id"]
+                stream = http.get(f"gradio_api/call/predict/{event}").text
+                assert "event: complete" in stream, stream
+                page_answers[k] = json.loads(stream.split("data:", 1)[1].strip().splitlines()[0])[0]
+
+    _in_threads(16, lambda i: client(i) if i < 12 else page(i - 12))
+    alone = clf.scores(page_texts)
+    for k, answer in enumerate([page_answers[k] for k in range(len(page_texts))]):
+        confidences = {c["label"]: c["confidence"] for c in answer["confidences"]}
+        assert confidences[clf.classes_[1]] == pytest.approx(alone.p_positive[k], abs=1e-6)
     for k, texts in enumerate(work):
         alone = clf.scores(texts)  # this request's texts, scored by themselves
         results = answers[k]["results"]
@@ -104,10 +119,11 @@ def test_concurrent_callers_get_what_scoring_alone_gives(batching_server, tiny_m
     after = httpx.get(batching_server.url + "metrics").text
     batches = _metric(after, "sentiment_batch_size_count") - _metric(before, "sentiment_batch_size_count")
     texts = _metric(after, "sentiment_batch_size_sum") - _metric(before, "sentiment_batch_size_sum")
-    assert texts == sum(map(len, work))
+    assert texts == sum(map(len, work)) + len(page_texts)
     # Joined: fewer forward passes than pieces of at most 3 texts (each request's texts cut
-    # in threes), so pieces of different requests shared one; split: none over 3 texts.
-    pieces = sum(-(-len(texts) // 3) for texts in work)
+    # in threes, each page call one text), so pieces of different requests shared one;
+    # split: none over 3 texts.
+    pieces = sum(-(-len(texts) // 3) for texts in work) + len(page_texts)
     assert batches < pieces, (batches, pieces)
     assert _metric(after, "sentiment_batch_size_bucket", le="4.0") == _metric(after, "sentiment_batch_size_count")
     assert _metric(after, "sentiment_batch_wait_seconds_count") > 0

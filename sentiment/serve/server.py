@@ -7,8 +7,9 @@
     GET  /docs             OpenAPI docs (/openapi.json is the schema)
     /                      the page (``app.build_app``)
 
-The models are loaded once and shared by page and API, and so is one gate that bounds
-the model computations running at once (``--concurrency``). Every request body is capped
+The models are loaded once and shared by page and API, and so are one batcher per model
+(``batcher``: texts of concurrent requests scored together, a bounded queue) and one gate
+that bounds the model computations running at once (``--concurrency``). Every request body is capped
 (``--max-upload-mb``) before it is read, page uploads included, and clients that send
 slowly or too much are cut off (``http_limits``).
 """

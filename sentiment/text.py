@@ -5,7 +5,9 @@ Training, evaluation, the web page and the batch scorer all load the same
 """
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -201,3 +203,31 @@ def excerpts(texts: Sequence[str], labels, seed: int, per_review: int) -> tuple[
             chosen.append(" ".join(sentences[begin:begin + k]))
             chosen_labels.append(label)
     return chosen, np.asarray(chosen_labels, dtype=labels.dtype)
+
+
+def unknown_words(encoder: TextEncoder, texts: Sequence[str]) -> tuple[int, int, Counter]:
+    """How ``texts`` meet ``encoder``'s vocabulary: (words in all, words it lacks, count of each word it lacks)."""
+    vocab = encoder.tokenizer.get_vocab()
+    total, missing = 0, Counter()
+    for tokens in encoder.tokenize(texts):
+        total += len(tokens)
+        missing.update(t for t in tokens if t not in vocab)
+    return total, sum(missing.values()), missing
+
+
+def grow_vocabulary(encoder: TextEncoder, texts: Sequence[str], most: int,
+                    min_count: int = 2) -> tuple[TextEncoder, list[str]]:
+    """``encoder`` with up to ``most`` words of ``texts`` it lacks added after its own ids, the most
+    frequent first, each seen at least ``min_count`` times (a word seen once would be learned from
+    one example). Existing ids keep their meaning, so a trained embedding stays valid for them."""
+    _, _, missing = unknown_words(encoder, texts)
+    added = [word for word, count in sorted(missing.items(), key=lambda item: (-item[1], item[0]))
+             if count >= min_count][:most]
+    if not added:
+        return encoder, []
+    # WordLevel has no API to extend its vocabulary; its JSON form is the documented way to rebuild it.
+    spec = json.loads(encoder.tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    first = max(vocab.values()) + 1
+    vocab.update((word, first + i) for i, word in enumerate(added))
+    return TextEncoder(Tokenizer.from_str(json.dumps(spec)), encoder.max_len, encoder.truncate), added

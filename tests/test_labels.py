@@ -134,7 +134,7 @@ def test_finetune_onto_other_classes_learns_a_new_head(three, tmp_path):
                      "--out", out, "--test-subset", "0")
     assert result.returncode == 0, result.stderr
     assert f"embedding, encoder and tokenizer from {SHIPPED}; a new head" in result.stdout
-    assert f"are unknown to {SHIPPED}'s vocabulary" in result.stdout
+    assert f"are unknown to {SHIPPED}" in result.stdout
     clf, source = load_bundle(out), load_bundle(SHIPPED)
     assert clf.labels == CLASSES and clf.model.head.out_features == 3
     assert (out / "tokenizer.json").read_text() == (SHIPPED / "tokenizer.json").read_text()

@@ -7,14 +7,12 @@ bundle.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from .. import data as data_module
 from ..errors import SentimentError
-from ..text import PAD_ID, UNK_ID
+from ..text import UNK_ID
 from .recipes import TrainConfig
 
 
@@ -75,18 +73,15 @@ def start_from_bundle(model: torch.nn.Module, bundle: str, keep_head: bool) -> s
     from ..bundle import load_bundle
 
     state = load_bundle(bundle).model.float().state_dict()
+    # Words --grow-vocab added start as the bundle's <unk>, so the model first reads them as
+    # it did before they had a row of their own.
+    embedding = state["embedding.weight"]
+    extra = model.embedding.weight.shape[0] - len(embedding)
+    if extra > 0:
+        state["embedding.weight"] = torch.cat([embedding, embedding[UNK_ID].expand(extra, -1)])
     if keep_head:
         model.load_state_dict(state)
         return f"weights from {bundle}"
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
     return (f"embedding, encoder and tokenizer from {bundle}; a new head for the data's classes "
             f"({model.config.num_classes}), the bundle's were {', '.join(bundle_labels(bundle))}")
-
-
-def unknown_share(encoded, bundle: str | Path) -> str:
-    """How much of the training text the fine-tuned bundle's vocabulary lacks."""
-    read = (encoded.ids != PAD_ID)
-    unknown = int(((encoded.ids == UNK_ID) & read).sum())
-    total = max(int(read.sum()), 1)
-    return (f"vocabulary: {unknown / total:.1%} of the training words read ({unknown:,} of {total:,}) are unknown "
-            f"to {bundle}'s vocabulary and read as <unk>")

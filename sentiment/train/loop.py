@@ -243,13 +243,27 @@ class Stage:
     steps: int      # steps per epoch
 
 
+def parameter_groups(model: nn.Module, lr: float, body_lr: float | None) -> list[dict]:
+    """The model's parameters as optimizer groups: with ``body_lr``, the embedding and encoder
+    peak at ``body_lr`` and the head at ``lr`` (a pretrained body is kept close to what it knows
+    while the head adapts; ULMFiT's discriminative learning rates, in two groups)."""
+    if body_lr is None or body_lr == lr:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    head = [p for name, p in model.named_parameters() if name.startswith("head.")]
+    body = [p for name, p in model.named_parameters() if not name.startswith("head.")]
+    return [{"params": body, "lr": body_lr}, {"params": head, "lr": lr}]
+
+
 def start_stage(module: nn.Module, parameters, lr: float, weight_decay: float, epochs: int, n: int,
                 batch_size: int, device: torch.device, procs: Processes) -> Stage:
-    """The classifier stage and the language-model stage are set up alike: here."""
+    """The classifier stage and the language-model stage are set up alike: here. ``parameters``
+    may be optimizer groups with their own peak ``lr`` each (see :func:`parameter_groups`)."""
+    parameters = list(parameters)
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     per_rank = -(-n // procs.world)
     steps = -(-per_rank // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps)
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=epochs * steps)
     return Stage(module, wrap(module, device, procs), optimizer, schedule, per_rank, steps)
 
 

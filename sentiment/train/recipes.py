@@ -31,6 +31,11 @@ RECIPES = {"rnncell": {**_TANH_RNN, **_ONE_LAYER}, "rnn": {**_TANH_RNN, **_ONE_L
 PRETRAINED_RECIPES = {"bilstm": _ONE_LAYER}
 PER_MODEL = " (default: per --model, see docs/training.md)"
 HEAD_CHOICES = ("auto", "keep", "new")
+# With --finetune-from, where the recipe differs from training the same kind afresh. None does
+# yet: on 5,330 labelled snippets, a lower body learning rate, a grown vocabulary and no
+# adversarial steps each did no better on validation than the kind's own recipe (the runs and
+# their figures: docs/experiments.md, "Fine-tuning on your own data").
+FINETUNE_RECIPE: dict = {}
 
 
 @dataclass
@@ -100,6 +105,14 @@ class TrainConfig:
     finetune_from: str | None = field(default=None, metadata=_opt(
         "go on training a finished bundle (its weights, tokenizer, kind and sizes) with this run's recipe",
         metavar="BUNDLE"))
+    grow_vocab: int | None = field(default=None, metadata=_opt(
+        "with --finetune-from: add up to N words of the training rows that the bundle's vocabulary lacks (those "
+        "seen at least twice, most frequent first); each starts as the bundle's <unk> (default: see "
+        "docs/training.md; 0: off)", metavar="N"))
+    body_lr: float | None = field(default=None, metadata=_opt(
+        "peak learning rate of the embedding and encoder, the head keeping --lr: lower keeps a fine-tuned "
+        "model closer to what it learned (default: --lr, or per docs/training.md with --finetune-from)",
+        metavar="LR"))
     init_from: str | None = field(default=None, metadata=_opt(
         "start from the language model (and tokenizer) of an earlier --pretrain lm run folder", metavar="RUN_DIR"))
     validation_fraction: float = field(default=0.1, metadata=_opt(
@@ -124,7 +137,8 @@ class TrainConfig:
         if self.model not in MODEL_KINDS:
             raise SentimentError(f"--model must be one of {', '.join(MODEL_KINDS)} (got {self.model!r})")
         recipe = {**RECIPES[self.model],
-                  **(PRETRAINED_RECIPES.get(self.model, {}) if self.pretrain or self.init_from else {})}
+                  **(PRETRAINED_RECIPES.get(self.model, {}) if self.pretrain or self.init_from else {}),
+                  "grow_vocab": 0, **(FINETUNE_RECIPE if self.finetune_from else {})}
         for name, value in recipe.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -132,7 +146,12 @@ class TrainConfig:
                     "batch_size", "patience", "pretrain_epochs")
         check_whole(self, positive)
         check_whole(self, ("max_len",), minimum=2)
-        check_whole(self, ("excerpts",), minimum=0)
+        check_whole(self, ("excerpts", "grow_vocab"), minimum=0)
+        if self.grow_vocab and not self.finetune_from:
+            raise SentimentError("--grow-vocab adds words to the vocabulary of --finetune-from's bundle; "
+                                 "a model trained afresh learns its own (--vocab-size)")
+        if self.body_lr is not None and not self.body_lr > 0:
+            raise SentimentError(f"--body-lr must be positive (got {self.body_lr})")
         for name in ("lr", "weight_decay", "grad_clip", "adversarial"):
             if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
                 raise SentimentError(f"--{name.replace('_', '-')} must be {'positive' if name == 'lr' else 'at least 0'}"

@@ -28,21 +28,22 @@ from tqdm import tqdm
 
 from .. import calibration
 from .. import data as data_module
-from ..bundle import load_bundle, save_bundle
+from ..bundle import save_bundle
 from .distributed import Processes, deal_out, device_kind, gather_rng
 from ..errors import Interrupted, SentimentError
 from ..files import write_atomic, write_text_atomic
 from .loop import (CTRL_C, WeightAverage, adversarial_perturbation, cpu_copy, epoch_order,  # noqa: F401 (re-exported)
-                   evaluate, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
+                   evaluate, parameter_groups, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
 from ..metrics import format_table
 from ..models import SentimentRNN
 from ..predict import uncalibrated
 from .pretrain import LM_WEIGHTS, load_lm_into, pretrain, save_lm
-from .classes import bundle_labels, check_classes, class_counts, load_splits, start_from_bundle, unknown_share
+from .classes import bundle_labels, check_classes, class_counts, load_splits, start_from_bundle
 from .recipes import TrainConfig, resumed_config
 from .runs import (CHECKPOINT, TOKENIZER, check_run_folder, clear_run_leftovers, default_out, load_checkpoint,
                    plot_history, save_checkpoint, versions, writing)
-from ..text import MOST_SENTENCES, TextEncoder, excerpts, train_tokenizer
+from ..text import (MOST_SENTENCES, TextEncoder, excerpts, grow_vocabulary, train_tokenizer,
+                    unknown_words)
 
 # The loop's pieces are imported from here by older code and tests too.
 __all__ = ["TrainConfig", "train", "prepare_data", "run_epoch", "epoch_order", "training_dtype", "WeightAverage",
@@ -173,11 +174,25 @@ def _encoder(run: Run, train_rows) -> TextEncoder:
         return TextEncoder.load(run.folder / TOKENIZER, config.max_len, config.truncate)
     if config.init_from or config.finetune_from:
         # The pretrained embedding rows only mean something with the vocabulary they learned.
-        return TextEncoder.load(Path(config.init_from or config.finetune_from) / TOKENIZER, config.max_len,
-                                config.truncate)
+        encoder = TextEncoder.load(Path(config.init_from or config.finetune_from) / TOKENIZER, config.max_len,
+                                   config.truncate)
+        if config.finetune_from:
+            encoder = _grown(run, encoder, train_rows["text"])
+        return encoder
     # Every rank learns the same vocabulary from the same rows; no file exchange needed.
     tokenizer = train_tokenizer(iter(train_rows["text"]), config.vocab_size, length=len(train_rows))
     return TextEncoder(tokenizer, config.max_len, config.truncate)
+
+
+def _grown(run: Run, encoder: TextEncoder, texts) -> TextEncoder:
+    """The fine-tuned bundle's vocabulary, with ``--grow-vocab`` of the training rows' words it lacks."""
+    config = run.config
+    total, missing, counts = unknown_words(encoder, texts)
+    grown, added = grow_vocabulary(encoder, texts, config.grow_vocab) if config.grow_vocab else (encoder, [])
+    run.say(f"vocabulary: {missing} of the {total} words of the training rows ({missing / max(total, 1):.1%}, "
+            f"{len(counts)} distinct) are unknown to {config.finetune_from}"
+            + (f"; {len(added)} of them, each seen at least twice, added" if config.grow_vocab else ""))
+    return grown
 
 
 def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | None,
@@ -206,7 +221,6 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
         if checkpoint is None and config.finetune_from:
             keep_head = config.head != "new" and names == bundle_labels(config.finetune_from)
             run.say(start_from_bundle(model, config.finetune_from, keep_head))
-            run.say(unknown_share(data.train, config.finetune_from))
         elif checkpoint is None and config.init_from:
             load_lm_into(model, Path(config.init_from))
             run.say(f"embedding and encoder initialised from {Path(config.init_from) / LM_WEIGHTS}")
@@ -324,7 +338,8 @@ def _save_best(run: Run, model: SentimentRNN, encoder: TextEncoder, progress: Pr
 def _classifier(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data, saved: dict | None) -> Progress:
     """The classifier stage: epochs until ``--epochs``, early stop or Ctrl-C; returns where it ended."""
     config, procs = run.config, run.procs
-    stage = start_stage(model, model.parameters(), config.lr, config.weight_decay, config.epochs,
+    stage = start_stage(model, parameter_groups(model, config.lr, config.body_lr), config.lr, config.weight_decay,
+                        config.epochs,
                         len(data.train_labels), config.batch_size, run.device, procs)
     progress = Progress(best_state=state_copy(model))
     average = WeightAverage(model, config.ema) if config.ema else None
@@ -386,7 +401,7 @@ def _epoch(run: Run, stage, model: SentimentRNN, encoder: TextEncoder, data: Dat
         model.load_state_dict(raw)
     record = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
               "val_loss": val["nll"], "val_accuracy": val["accuracy"],
-              "seconds": round(time.time() - tick, 1), "lr": stage.schedule.get_last_lr()[0]}
+              "seconds": round(time.time() - tick, 1), "lr": stage.schedule.get_last_lr()[-1]}
     progress.history.append(record)
     best = progress.best
     improved = (val["accuracy"], -val["nll"]) > (best["val_accuracy"], -best["val_loss"])

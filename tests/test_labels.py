@@ -131,6 +131,7 @@ def test_behaviour_says_in_one_line_that_it_does_not_apply(three):
 def test_finetune_onto_other_classes_learns_a_new_head(three, tmp_path):
     out = tmp_path / "transfer"
     result = run_cli("train.py", "--finetune-from", SHIPPED, "--data", three["train"], "--epochs", "1",
+                     "--train-subset", "60",
                      "--out", out, "--test-subset", "0")
     assert result.returncode == 0, result.stderr
     assert f"embedding, encoder and tokenizer from {SHIPPED}; a new head" in result.stdout

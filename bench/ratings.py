@@ -34,11 +34,16 @@ def summary(metrics: dict) -> dict:
     return {k: round(metrics[k], 4) for k in SHOWN if metrics.get(k) is not None}
 
 
+def shown(path) -> str:
+    """A path as the JSON shows it: relative to the checkout, as the commands are typed there."""
+    return os.path.relpath(path, ROOT) if Path(path).is_absolute() else str(path)
+
+
 def finetune_command(kind: str, args, runs: Path) -> list[str]:
-    return [sys.executable, "train.py", "--finetune-from", f"models/{kind}", "--data", args.data,
+    return [sys.executable, "train.py", "--finetune-from", f"models/{kind}", "--data", shown(args.data),
             "--label-column", "rating", "--train-subset", str(args.train_subset),
             "--test-subset", str(args.test_subset), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-            "--seed", str(args.seed), "--out", str(runs / kind)]
+            "--seed", str(args.seed), "--out", shown(runs / kind)]
 
 
 def finished(folder: Path) -> bool:
@@ -102,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = Path(args.runs)
     result = {"command": shlex.join(["python", "bench/ratings.py", *sys.argv[1:]]),
-              "data": args.data, "label_column": "rating",
+              "data": shown(args.data), "label_column": "rating",
               "note": "test figures on a seeded subset of the IMDB test split; mae in stars; within_one: the "
                       "share predicted at most one class away (4 and 7 stars are neighbours)",
               "models": {}, "baselines": {}}

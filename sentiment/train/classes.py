@@ -47,9 +47,8 @@ def load_splits(config: TrainConfig):
                          "classes, --head new learns a new head")
 
 
-def check_classes(config: TrainConfig, train, names: tuple[str, ...], held_out: int = 0) -> None:
-    """Refuse training rows that cannot teach ``names``: one class only, or fewer rows than classes
-    (``train``: the rows left once ``held_out`` went to validation)."""
+def check_classes(config: TrainConfig, train, names: tuple[str, ...]) -> None:
+    """Refuse training rows that cannot teach ``names``: one class only, or fewer rows than classes."""
     counts = np.bincount(np.asarray(train["label"], dtype=np.int64), minlength=len(names))
     present = [name for name, n in zip(names, counts) if n]
     if len(present) < 2:
@@ -58,8 +57,7 @@ def check_classes(config: TrainConfig, train, names: tuple[str, ...], held_out: 
                              f"column {config.label_column!r}); a classifier needs 2 or more classes")
     if len(names) > len(train):
         raise SentimentError(f"{config.data}: {len(names)} classes ({', '.join(names)}) but {len(train)} training "
-                             f"rows (once {held_out} went to validation); a classifier needs at least one row of "
-                             "each class, and more to learn from")
+                             "rows; a classifier needs at least one row of each class, and more to learn from")
 
 
 def class_counts(names: tuple[str, ...], labels: np.ndarray, selected: np.ndarray) -> str:

@@ -70,7 +70,6 @@ def prepare_data(config: TrainConfig, procs: Processes):
     train = _subset(train, config.train_subset, config.seed)
     check_classes(config, train, names)
     train, validation = data_module.split_validation(train, config.validation_fraction, config.seed)
-    check_classes(config, train, names, len(validation))
     test = splits.get("test")
     if test is not None:
         test = None if config.test_subset == 0 else _subset(test, config.test_subset, config.seed)

@@ -191,10 +191,11 @@ def server(tiny_model, tmp_path_factory):
     running.stop()
 
 
-# Run with pytest-xdist (`-n 2 --dist loadgroup`, the README's test command), each test file
-# stays on one worker, so a server or cluster a module starts once is started once. The two
-# tests that start Ray clusters (marked `ray`) share a worker: `ray stop` ends every cluster
-# of the machine.
+# With pytest-xdist (`-n 2 --dist loadgroup`), each test file keeps to one worker, so a
+# server or cluster a module starts once is started once, and the tests that start Ray
+# clusters (marked `ray`) share a worker: `ray stop` ends every cluster of the machine.
 def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         item.add_marker(pytest.mark.xdist_group("ray" if item.get_closest_marker("ray") else item.path.name))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-from .data import LABELS
+from .data import LABELS, is_negative_positive
 from .errors import SentimentError
 from .outputs import Output
 from .predict import Classifier
@@ -26,7 +26,7 @@ TEXT_COLUMNS = ("text", "review")
 def probability_columns(classes: Sequence[str]) -> tuple[str, ...]:
     """The output's probability columns: ``p_positive`` alone for a negative/positive model, as
     outputs always had, else ``p_<class>`` for each class, in the model's order."""
-    return ("p_positive",) if tuple(classes) == LABELS else tuple(f"p_{c}" for c in classes)
+    return ("p_positive",) if is_negative_positive(classes) else tuple(f"p_{c}" for c in classes)
 
 
 def our_columns(classes: Sequence[str] = LABELS) -> tuple[str, ...]:

@@ -26,6 +26,13 @@ if TYPE_CHECKING:
 DEFAULT_DATASET = "stanfordnlp/imdb"
 # The classes of IMDB, and of every bundle written before bundles named their labels.
 LABELS = ("negative", "positive")
+
+
+def is_negative_positive(classes) -> bool:
+    """Whether a model's classes are IMDB's negative/positive: the ones ``p_positive`` and the
+    words positive and negative speak of."""
+    return tuple(classes) == LABELS
+
 _LABEL_WORDS = {"0": 0, "neg": 0, "negative": 0, "1": 1, "pos": 1, "positive": 1}
 # The default order of the usual sentiment names, most negative first: a model's classes
 # then read as a scale (``neutral`` between ``negative`` and ``positive``).

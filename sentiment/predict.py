@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .calibration import Calibration, predicted_classes
-from .data import LABELS
+from .data import LABELS, is_negative_positive
 from .errors import SentimentError
 from .models import SentimentRNN
 from .text import PAD_ID, UNK_ID, Encoded, TextEncoder, encodable
@@ -103,6 +103,16 @@ class Scores:
     known_words: np.ndarray    # int64 [n]: words of the vocabulary among those the model read
     classes: tuple[str, ...] = LABELS
 
+    def part(self, start: int, stop: int) -> "Scores":
+        """The scores of reviews ``start`` to ``stop`` (a caller's share of a shared batch)."""
+        return Scores(self.probabilities[start:stop], self.known_words[start:stop], self.classes)
+
+    @staticmethod
+    def joined(parts: Sequence["Scores"]) -> "Scores":
+        """Scores of consecutive parts as one, in order."""
+        return Scores(np.concatenate([p.probabilities for p in parts]),
+                      np.concatenate([p.known_words for p in parts]), parts[0].classes)
+
     @property
     def judged(self) -> np.ndarray:
         """Whether each review gave the model anything to judge (at least one known word)."""
@@ -111,7 +121,7 @@ class Scores:
     @property
     def sentiment(self) -> bool:
         """Whether the classes are IMDB's negative/positive, the ones ``p_positive`` speaks of."""
-        return tuple(self.classes) == LABELS
+        return is_negative_positive(self.classes)
 
     @property
     def p_positive(self) -> np.ndarray:
@@ -300,7 +310,7 @@ class Classifier:
         temperatures = self.calibration.temperatures(np.full(n + 1, lengths[0]))
         probabilities = class_probabilities(self.model, Encoded(rows, lengths, lengths.copy()), batch_size,
                                             self.device, temperatures)
-        column = 1 if self.labels == LABELS else int(predicted_classes(probabilities[:1])[0])
+        column = 1 if is_negative_positive(self.labels) else int(predicted_classes(probabilities[:1])[0])
         p = probabilities[:, column]
         e.towards, e.probability = self.labels[column], float(p[0])
         for j, i in enumerate(kept_positions):

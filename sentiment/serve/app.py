@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 import threading  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 
-from ..data import LABELS  # noqa: E402
+from ..data import is_negative_positive  # noqa: E402
 from ..errors import SentimentError  # noqa: E402
 from ..options import check_whole  # noqa: E402
 from .batcher import Batcher, BatchOptions, Busy  # noqa: E402
@@ -85,7 +85,7 @@ def contribution_class(score: float | None, scale: float, sides: tuple[str, str]
 
 def speaks_sentiment(clf: Classifier) -> bool:
     """Whether the page may speak of positive and negative: the model's classes are those."""
-    return clf.labels == LABELS
+    return is_negative_positive(clf.labels)
 
 
 @dataclass

@@ -24,7 +24,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import numpy as np
 
 from ..predict import Classifier, Scores
 
@@ -122,8 +121,7 @@ class Batcher:
                 raise piece.error
         if len(pieces) == 1:
             return pieces[0].scores
-        return Scores(np.concatenate([p.scores.probabilities for p in pieces]),
-                      np.concatenate([p.scores.known_words for p in pieces]), pieces[0].scores.classes)
+        return Scores.joined([p.scores for p in pieces])
 
     def close(self) -> None:
         """Refuse new requests; the workers finish what waits, then end."""
@@ -208,6 +206,6 @@ class Batcher:
         at = 0
         for piece in batch:
             n = len(piece.texts)
-            piece.scores = Scores(scores.probabilities[at:at + n], scores.known_words[at:at + n], scores.classes)
+            piece.scores = scores.part(at, at + n)
             at += n
             piece.done.set()

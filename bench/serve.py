@@ -207,12 +207,14 @@ def measure(args, texts: list[str], extra: list[str], page: bool) -> dict:
         interval = args.clients / args.rate
         result["api_single"] = phase(api, clients, 1, args.seconds / 2, None)
         result["api_batch64"] = phase(lambda c, i: api(c, i, 64), clients, 1, args.seconds / 2, None)
+        result["rss_mb"]["after_single_and_batch64"] = rss_mb(server.pid, tree)
         for name, call in (("api", api), ("gradio", gradio)) if page else (("api", api),):
             # A further 3 s at the paced rate, not measured: the first second after a burst of
             # new clients shows 400 ms latencies while the server's worker threads ramp up.
             phase(call, clients, args.clients, min(3.0, args.seconds), interval)
             result[f"{name}_paced"] = phase(call, clients, args.clients, args.seconds, interval)
             result[f"{name}_saturated"] = phase(call, clients, args.clients, args.saturated_seconds, None)
+            result["rss_mb"][f"after_{name}"] = rss_mb(server.pid, tree)
         result["rss_mb"]["end"] = rss_mb(server.pid, tree)
         return result
     finally:

@@ -54,6 +54,23 @@ def make_reviews(n: int, seed: int = 0) -> list[tuple[str, int]]:
     return [(make_review(rng, i % 2), i % 2) for i in range(n)]
 
 
+CLASSES = ("negative", "neutral", "positive")
+CUES = {"negative": ["awful", "boring", "hated", "terrible"], "neutral": ["okay", "average", "fine", "mediocre"],
+        "positive": ["great", "wonderful", "loved", "superb"]}
+
+
+def three_class_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = CLASSES[i % 3]
+        words = [rng.choice(FILLER) for _ in range(rng.randint(6, 16))]
+        for _ in range(3):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(CUES[label]))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
 def write_stanford_folder(root: Path, n_train: int = 40, n_test: int = 20, n_unsup: int = 6) -> Path:
     base = root / "aclImdb"
     for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
@@ -194,6 +211,8 @@ def server(tiny_model, tmp_path_factory):
 # With pytest-xdist (`-n 2 --dist loadgroup`), each test file keeps to one worker, so a
 # server or cluster a module starts once is started once, and the tests that start Ray
 # clusters (marked `ray`) share a worker: `ray stop` ends every cluster of the machine.
+# tryfirst: the groups must be set before pytest-xdist's own hook reads them.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     if not config.pluginmanager.hasplugin("xdist"):
         return

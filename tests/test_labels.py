@@ -2,34 +2,18 @@
 the page, through the real commands), ratings, transfer to other classes, and bad labels."""
 import csv
 import json
-import random
 import shutil
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import FILLER, ROOT, Server, run_cli, write_table
+from conftest import CLASSES, ROOT, Server, run_cli, three_class_rows, write_table
 from sentiment import load_bundle
 from sentiment.calibration import calibration_metrics, fit_length_temperature, fit_temperature
 from sentiment.metrics import classification_metrics
 
-CLASSES = ("negative", "neutral", "positive")
-CUES = {"negative": ["awful", "boring", "hated", "terrible"], "neutral": ["okay", "average", "fine", "mediocre"],
-        "positive": ["great", "wonderful", "loved", "superb"]}
 SHIPPED = ROOT / "models" / "lstm"
-
-
-def three_class_rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = CLASSES[i % 3]
-        words = [rng.choice(FILLER) for _ in range(rng.randint(6, 16))]
-        for _ in range(3):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(CUES[label]))
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
 
 
 def one_error_line(result) -> str:

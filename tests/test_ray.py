@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, run_cli, write_table
+from conftest import CLASSES, ROOT, free_port, run_cli, three_class_rows, write_table
 
 POS, NEG = "wonderful superb loved it", "awful boring hated it"
 
@@ -175,6 +175,31 @@ def test_a_user_dataset_gets_prediction_columns(cluster, tiny_model):
     assert [r["prediction"] for r in rows] == [e["label"] for e in expected]
     assert [r["known_words"] for r in rows] == [e["known_words"] for e in expected]
     assert rows[0]["p_positive"] == pytest.approx(expected[0]["p_positive"], abs=1e-6)
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_three_class_model_gives_a_probability_column_per_class(cluster, tmp_path):
+    from sentiment import load_bundle
+
+    data = write_table(tmp_path / "three.csv", three_class_rows(120, 1))
+    model = tmp_path / "model"
+    trained = run_cli("train.py", "--data", data, "--model", "lstm", "--out", model, "--epochs", "2",
+                      "--embedding-dim", "8", "--hidden-size", "8", "--max-len", "16", "--vocab-size", "60")
+    assert trained.returncode == 0, trained.stderr
+    texts = [row["text"] for row in three_class_rows(6, 2)] + [None]
+    result = run_cli("-c", USER_SCRIPT, cluster, model, json.dumps(texts))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout.splitlines()[-1])
+    expected = load_bundle(model, precision="float32")([t or "" for t in texts])
+    assert [r["prediction"] for r in rows] == [e["label"] for e in expected]
+    assert [k for k in rows[0] if k.startswith("p_")] == [f"p_{c}" for c in CLASSES]
+    for row, answer in zip(rows, expected):
+        for c in CLASSES:
+            if answer["probabilities"] is None:
+                assert row[f"p_{c}"] is None
+            else:
+                assert row[f"p_{c}"] == pytest.approx(answer["probabilities"][c], abs=1e-6)
 
 
 @pytest.mark.slow

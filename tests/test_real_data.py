@@ -34,7 +34,9 @@ def test_shipped_default_model_bfloat16_agrees_with_float32():
     from sentiment.bundle import default_model_dir
     from sentiment.data import load_source
 
-    texts = load_source(SHARED_IMDB)["test"].shuffle(seed=0)["text"][:2000]
+    # 500 reviews: where the CPU lacks native bfloat16 it is emulated, about 9 times slower
+    # than float32 (on 2,000 reviews of this sample 1 verdict differed, the largest gap was 0.021).
+    texts = load_source(SHARED_IMDB)["test"].shuffle(seed=0)["text"][:500]
     full = load_bundle(default_model_dir()).predict_proba(texts)[:, 1]
     fast = load_bundle(default_model_dir(), precision="bfloat16").predict_proba(texts)[:, 1]
     assert np.mean((full >= 0.5) == (fast >= 0.5)) >= 0.995

@@ -265,3 +265,50 @@ def test_a_stop_answers_the_requests_in_flight_and_exits_0(tiny_model, tmp_path,
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+class _Unreadable:
+    """A value a program hands the batcher whose text cannot be had: str() of it raises."""
+
+    def __str__(self):
+        raise ValueError("this value has no text")
+
+
+def test_one_bad_request_never_fails_the_others_in_its_batch(tiny_model):
+    from sentiment.serve.batcher import Batcher, BatchOptions
+
+    clf = load_bundle(tiny_model, precision="float32")
+    gate = threading.Semaphore(1)
+    sizes: list[int] = []
+    # One worker and a long wait for company: requests that come while the model is busy
+    # all go into the worker's next batch.
+    batcher = Batcher(clf, BatchOptions(max_batch_size=64, wait_s=1.0, workers=1), gate,
+                      observe=lambda texts, waits: sizes.append(texts))
+    requests = [REVIEWS[0:3], ["loved it", _Unreadable(), "awful"], REVIEWS[3:5], REVIEWS[5:9]]
+    answers: dict[int, object] = {}
+
+    def call(i):
+        try:
+            answers[i] = batcher.scores(requests[i])
+        except Exception as exc:  # the bad request's own answer
+            answers[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    gate.acquire()  # the model is busy
+    threads[0].start()  # scored on its own thread, which now waits for the model
+    time.sleep(0.3)
+    for t in threads[1:]:  # these three wait together for the worker's batch
+        t.start()
+    time.sleep(0.3)
+    gate.release()
+    for t in threads:
+        t.join(60)
+    batcher.close()
+    assert isinstance(answers[1], ValueError) and str(answers[1]) == "this value has no text"
+    for i in (0, 2, 3):
+        alone = clf.scores(requests[i])
+        np.testing.assert_allclose(answers[i].probabilities, alone.probabilities, atol=1e-6)
+        assert answers[i].known_words.tolist() == alone.known_words.tolist()
+    # Requests 2 and 3 were scored each by itself: the batch they shared with the bad
+    # request failed and was scored again one request at a time (shared, they'd be one of 6).
+    assert sorted(sizes) == [2, 3, 4], sizes

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import SentimentError
+from ..errors import SentimentError, ray_join_failure
 from ..readers import is_uri
 
 RAY_MISSING = 'the Ray engine needs Ray Data, an optional extra: pip install -e ".[ray]"'
@@ -183,7 +183,7 @@ def connect(address: str | None, workers: int):
             # "local": a new cluster of this process, never one that `ray start` left running here.
             ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise SentimentError(f"--address {address}: cannot join a Ray cluster ({str(exc).splitlines()[0]})") from None
+        raise ray_join_failure(address, exc) from None
     return ray
 
 

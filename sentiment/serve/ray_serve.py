@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SentimentError
+from ..errors import SentimentError, ray_join_failure
 from ..predict import Scores
 from .app import ServeConfig
 from .batcher import Busy
@@ -182,8 +182,7 @@ def _connect(config: ServeConfig, models: int):
             # "local": a new cluster of this process, never one that `ray start` left running here.
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, config.replicas * models), include_dashboard=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise SentimentError(f"--address {config.address}: cannot join a Ray cluster "
-                             f"({str(exc).splitlines()[0]})") from None
+        raise ray_join_failure(config.address, exc) from None
     return ray
 
 

@@ -14,6 +14,8 @@ and score it as one batch; each caller gets back its own texts' scores, in its o
   fault gets the error.
 - Past ``max_queue`` waiting texts a request is refused with :class:`Busy` at once,
   and a request not answered within ``timeout_s`` is withdrawn with :class:`Busy`.
+- When the model goes idle, the memory its batches freed goes back to the system
+  (:mod:`.memory`), so the server does not keep its busiest minute's peak.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Callable, Sequence
 
 
 from ..predict import Classifier, Scores
+from .memory import release_soon
 
 
 class Busy(Exception):
@@ -111,6 +114,9 @@ class Batcher:
             finally:
                 with self._cond:
                     self._computing -= 1
+                    idle = not self._pieces and not self._computing
+            if idle:
+                release_soon()
         deadline = time.monotonic() + self.options.timeout_s
         for piece in pieces:
             if not piece.done.wait(max(0.0, deadline - time.monotonic())):
@@ -186,6 +192,9 @@ class Batcher:
             finally:
                 with self._cond:
                     self._computing -= 1
+                    idle = not self._pieces and not self._computing
+            if idle:
+                release_soon()
 
     def _score(self, batch: list[_Piece]) -> None:
         started = time.monotonic()

@@ -1,0 +1,71 @@
+"""Giving memory the server no longer uses back to the system, once the model is idle.
+
+Each batch allocates activations whose size follows the batch, and the page's calls
+allocate on many threads. glibc's allocator keeps what is freed, in one pool per thread
+(up to 8 per core), for the next allocation; after a busy minute the process holds its
+peak for good. ``malloc_trim`` hands the free pages of every pool back to the system.
+The batcher calls :func:`release_soon` when the model goes idle: a thread of its own
+trims, at most once a second, so the server's memory follows its load back down and no
+request waits for it. Elsewhere than glibc it does
+nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+import time
+
+MIN_INTERVAL_S = 1.0
+
+_lock = threading.Lock()
+_last = 0.0
+_trim = None
+
+
+def _malloc_trim():
+    global _trim
+    if _trim is None:
+        _trim = False
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _trim = libc.malloc_trim
+            _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+            _trim = False
+    return _trim
+
+
+def release_free_memory() -> bool:
+    """Return freed memory to the system now; False where the allocator offers no way to."""
+    global _last
+    trim = _malloc_trim()
+    if not trim:
+        return False
+    trim(0)
+    _last = time.monotonic()
+    return True
+
+
+_wanted = threading.Event()
+_thread: threading.Thread | None = None
+
+
+def _release_when_wanted() -> None:
+    while True:
+        _wanted.wait()
+        time.sleep(max(0.0, _last + MIN_INTERVAL_S - time.monotonic()))
+        _wanted.clear()
+        release_free_memory()
+
+
+def release_soon() -> None:
+    """Ask for :func:`release_free_memory` on a thread of its own (nobody waits for it), at most once a second."""
+    global _thread
+    if not _malloc_trim():
+        return
+    with _lock:
+        if _thread is None:
+            _thread = threading.Thread(target=_release_when_wanted, name="release-free-memory", daemon=True)
+            _thread.start()
+    _wanted.set()

@@ -26,7 +26,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-
 from ..predict import Classifier, Scores
 from .memory import release_soon
 
@@ -112,11 +111,7 @@ class Batcher:
             try:
                 self._score(pieces)
             finally:
-                with self._cond:
-                    self._computing -= 1
-                    idle = not self._pieces and not self._computing
-            if idle:
-                release_soon()
+                self._done_computing()
         deadline = time.monotonic() + self.options.timeout_s
         for piece in pieces:
             if not piece.done.wait(max(0.0, deadline - time.monotonic())):
@@ -190,11 +185,15 @@ class Batcher:
             try:
                 self._score(batch)
             finally:
-                with self._cond:
-                    self._computing -= 1
-                    idle = not self._pieces and not self._computing
-            if idle:
-                release_soon()
+                self._done_computing()
+
+    def _done_computing(self) -> None:
+        """A batch ended; when nothing else waits or runs, the model is idle: freed memory goes back."""
+        with self._cond:
+            self._computing -= 1
+            idle = not self._pieces and not self._computing
+        if idle:
+            release_soon()
 
     def _score(self, batch: list[_Piece]) -> None:
         started = time.monotonic()

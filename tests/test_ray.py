@@ -76,12 +76,18 @@ def read_parts(out: Path) -> list[dict]:
 
 
 def single_machine(inputs, model, tmp_path) -> list[dict]:
+    """The rows of the single-machine scorer, input by input (inputs with different columns are
+    scored separately on one machine): the code ``sentiment score`` runs, in this process, with
+    the model loaded once."""
+    from sentiment import load_bundle
+    from sentiment.scoring.score import ScoreConfig, score
+
+    classifier = load_bundle(model, precision="float32")
     rows = []
-    for path in inputs:  # inputs with different columns are scored separately on one machine
+    for path in inputs:
         out = tmp_path / f"single-{path.stem}.jsonl"
-        result = run_cli("-m", "sentiment", "score", path, "--model", model, "--on-error", "skip",
-                         "--precision", "float32", "--out", out)
-        assert result.returncode == 0, result.stderr
+        score(ScoreConfig(inputs=[str(path)], model=str(model), out=str(out), on_error="skip", precision="float32",
+                          progress=False), classifier)
         rows += [json.loads(line) for line in out.read_text().splitlines()]
     return rows
 
@@ -91,15 +97,16 @@ def single_machine(inputs, model, tmp_path) -> list[dict]:
 def test_ray_gives_the_single_machine_rows_in_order(cluster, tiny_model, tmp_path):
     inputs = mixed_inputs(tmp_path)
     expected = single_machine(inputs, tiny_model, tmp_path)
-    got = []
-    for path in inputs:
-        out = tmp_path / f"ray-{path.stem}"
-        result = run_cli("-m", "sentiment", "score", path, "--engine", "ray", "--address", cluster, "--workers", "2",
-                         "--model", tiny_model, "--on-error", "skip", "--precision", "float32", "--format", "jsonl",
-                         "--chunk-size", "500", "--out", out)
-        assert result.returncode == 0, result.stderr
-        got += read_parts(out)
+    # One run over the three inputs: one read task per file, and the parts sorted by name hold
+    # every file's rows in order, file after file, each row with its own file's columns.
+    out = tmp_path / "ray"
+    result = run_cli("-m", "sentiment", "score", *inputs, "--engine", "ray", "--address", cluster, "--workers", "2",
+                     "--model", tiny_model, "--on-error", "skip", "--precision", "float32", "--format", "jsonl",
+                     "--chunk-size", "500", "--out", out)
+    assert result.returncode == 0, result.stderr
+    got = read_parts(out)
     assert len(got) == len(expected) > 2500
+    assert [r["source"] for r in got] == [r["source"] for r in expected]
     for a, b in zip(got, expected):
         assert list(a) == list(b)  # same columns, same order
         assert {k: v for k, v in a.items() if k != "p_positive"} == {k: v for k, v in b.items() if k != "p_positive"}

@@ -211,10 +211,40 @@ def server(tiny_model, tmp_path_factory):
 # With pytest-xdist (`-n 2 --dist loadgroup`), each test file keeps to one worker, so a
 # server or cluster a module starts once is started once, and the tests that start Ray
 # clusters (marked `ray`) share a worker: `ray stop` ends every cluster of the machine.
+#
+# The groups that take longest go out first (minutes each in the durations the test command
+# prints: trainings killed and resumed, the Ray clusters and Ray Serve, the real IMDB data),
+# then the rest by their number of tests, largest first, as pytest-xdist orders groups by
+# default. A worker takes the next group in this order when it runs short of work, so a long
+# group left near the end runs alone on one worker while the other has nothing left to take:
+# by number of tests, test_real_data.py (2 tests, over 2 minutes) went last.
+LONGEST_FIRST = ("test_training.py", "ray", "test_training_edges.py", "test_promises.py", "test_real_data.py")
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist") and hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # the order below, not pytest-xdist's by number of tests
+
+
+def _group(item) -> str:
+    return "ray" if item.get_closest_marker("ray") else item.path.name
+
+
 # tryfirst: the groups must be set before pytest-xdist's own hook reads them.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("ray" if item.get_closest_marker("ray") else item.path.name))
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    if hasattr(config, "workerinput"):  # a worker: its collection order is the order groups are handed out
+        sizes, first = {}, {}
+        for index, item in enumerate(items):
+            sizes[_group(item)] = sizes.get(_group(item), 0) + 1
+            first.setdefault(_group(item), index)
+
+        def rank(group: str) -> tuple:
+            return (LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST), -sizes[group],
+                    first[group])
+
+        items.sort(key=lambda item: rank(_group(item)))  # stable: each group keeps its own order

@@ -295,7 +295,7 @@ def test_one_bad_request_never_fails_the_others_in_its_batch(tiny_model):
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
     gate.acquire()  # the model is busy
-    threads[0].start()  # scored on its own thread, which now waits for the model
+    threads[0].start()  # taken by the worker, which now waits for the model
     time.sleep(0.3)
     for t in threads[1:]:  # these three wait together for the worker's batch
         t.start()
@@ -312,6 +312,25 @@ def test_one_bad_request_never_fails_the_others_in_its_batch(tiny_model):
     # Requests 2 and 3 were scored each by itself: the batch they shared with the bad
     # request failed and was scored again one request at a time (shared, they'd be one of 6).
     assert sorted(sizes) == [2, 3, 4], sizes
+
+
+def test_only_the_workers_run_the_model(tiny_model):
+    # Callers' threads (dozens under load: the page's and the API's) only wait: a thread that
+    # runs the model keeps memory of its own for as long as it lives.
+    from sentiment.serve.batcher import Batcher, BatchOptions
+
+    clf = load_bundle(tiny_model, precision="float32")
+    ran_on: set[str] = set()
+    clf.model.register_forward_hook(lambda *_: ran_on.add(threading.current_thread().name))
+    batcher = Batcher(clf, BatchOptions(max_batch_size=4, workers=2))
+    answers: dict[int, object] = {}
+    _in_threads(12, lambda i: answers.__setitem__(i, batcher.scores(REVIEWS[i:i + 1 + i % 6])))
+    batcher.close()
+    workers_ran_on = set(ran_on)
+    for i, scores in answers.items():
+        np.testing.assert_allclose(scores.probabilities, clf.scores(REVIEWS[i:i + 1 + i % 6]).probabilities, atol=1e-6)
+    assert len(answers) == 12 and workers_ran_on, workers_ran_on
+    assert all(name.startswith("batcher-") for name in workers_ran_on), workers_ran_on
 
 
 CHURN = """

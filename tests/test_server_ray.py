@@ -12,6 +12,7 @@ import pytest
 
 from conftest import Server, make_reviews
 from test_server import BAD_BODIES
+from test_server_batching import _metric
 
 
 def serve_available() -> bool:
@@ -55,6 +56,7 @@ def test_answers_equal_the_single_process_server(ray_server, server):
         for k in range(i, len(work), 8):
             answers[k] = _post(ray_server.url, work[k])
 
+    before = httpx.get(ray_server.url + "metrics", timeout=60).text
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
@@ -70,6 +72,14 @@ def test_answers_equal_the_single_process_server(ray_server, server):
             assert (a["p_positive"] is None) == (b["p_positive"] is None)
             if a["p_positive"] is not None:
                 assert a["p_positive"] == pytest.approx(b["p_positive"], abs=1e-6)
+    # Every batch the replicas ran reaches the ingress's /metrics once, under its model.
+    after = httpx.get(ray_server.url + "metrics", timeout=60).text
+    for name in ("tiny", "again"):
+        sent = sum(len(body["texts"]) for body in work if body["model"] == name)
+        counted = [_metric(after, f"sentiment_batch_size_{part}", model=name)
+                   - _metric(before, f"sentiment_batch_size_{part}", model=name) for part in ("sum", "count")]
+        assert counted[0] == sent and 0 < counted[1] <= sent, (name, counted, sent)
+        assert _metric(after, "sentiment_batch_wait_seconds_count", model=name) > 0
 
 
 @pytest.mark.parametrize("body,status,error", BAD_BODIES, ids=[e for _, _, e in BAD_BODIES])

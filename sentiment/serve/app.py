@@ -313,12 +313,15 @@ class Views:
         return pd.DataFrame(rows, columns=header), str(out), note
 
 
+def batch_options(config: ServeConfig) -> BatchOptions:
+    return BatchOptions(max_batch_size=config.max_batch_size, wait_s=config.batch_wait_ms / 1000,
+                        max_queue=config.max_queue, timeout_s=config.request_timeout_s, workers=config.concurrency)
+
+
 def make_batchers(classifiers: dict[str, Classifier], config: ServeConfig, gate=None,
                   observe=None) -> dict[str, Batcher]:
     """One batcher per model, with the options of ``config``; ``observe(name)`` gives each its observer."""
-    options = BatchOptions(max_batch_size=config.max_batch_size, wait_s=config.batch_wait_ms / 1000,
-                           max_queue=config.max_queue, timeout_s=config.request_timeout_s,
-                           workers=config.concurrency)
+    options = batch_options(config)
     return {name: Batcher(clf, options, gate, observe(name) if observe else None)
             for name, clf in classifiers.items()}
 

@@ -98,20 +98,11 @@ class Batcher:
             if self._waiting + len(texts) > self.options.max_queue:
                 raise Busy(f"the server is busy: {self._waiting:,} texts are waiting and the queue takes "
                            f"{self.options.max_queue:,} (--max-queue); try again in a moment")
-            # Nothing waits and a worker's place is free: the caller scores its texts on its
-            # own thread, sparing a lone request the hand-over to a worker and back.
-            alone = len(pieces) == 1 and not self._pieces and self._computing < self.options.workers
-            if alone:
-                self._computing += 1
-            else:
-                self._pieces.extend(pieces)
-                self._waiting += len(texts)
-                self._cond.notify(len(pieces))
-        if alone:
-            try:
-                self._score(pieces)
-            finally:
-                self._done_computing()
+            # Only the workers run the model, never the callers' threads (the page's and the
+            # API's, dozens of them): each thread that runs it keeps memory of its own.
+            self._pieces.extend(pieces)
+            self._waiting += len(texts)
+            self._cond.notify(len(pieces))
         deadline = time.monotonic() + self.options.timeout_s
         for piece in pieces:
             if not piece.done.wait(max(0.0, deadline - time.monotonic())):

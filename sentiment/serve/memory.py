@@ -6,13 +6,16 @@ allocate on many threads. glibc's allocator keeps what is freed, in one pool per
 peak for good. ``malloc_trim`` hands the free pages of every pool back to the system.
 The batcher calls :func:`release_soon` when the model goes idle: a thread of its own
 trims, at most once a second, so the server's memory follows its load back down and no
-request waits for it. Elsewhere than glibc it does
-nothing.
+request waits for it. The server also starts with :func:`limit_pools` (two pools, not
+sixteen on two cores; ``MALLOC_ARENA_MAX`` in the environment wins), so the memory its
+dozens of request threads free is shared instead of kept apart. Elsewhere than glibc
+both do nothing.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 import time
 
@@ -34,6 +37,20 @@ def _malloc_trim():
         except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
             _trim = False
     return _trim
+
+
+# mallopt's parameter for the most pools (arenas) glibc keeps.
+M_ARENA_MAX = -8
+SERVER_POOLS = 2
+
+
+def limit_pools(pools: int = SERVER_POOLS) -> bool:
+    """Let glibc keep at most ``pools`` allocation pools, unless MALLOC_ARENA_MAX says otherwise;
+    call it before threads start. False where nothing was set."""
+    if "MALLOC_ARENA_MAX" in os.environ or not _malloc_trim():
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return bool(libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(pools)))
 
 
 def release_free_memory() -> bool:

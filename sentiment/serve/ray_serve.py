@@ -2,9 +2,14 @@
 
 Two deployments per application: the ingress (the same FastAPI routes, answers and
 errors as the single-process server, built by ``server.build_api``), and one deployment
-per model with ``--replicas`` replicas, each holding the model and scoring with
-``@serve.batch`` (batches counted in texts, up to ``--max-batch-size``, waiting at most
-``--batch-wait-ms``). The ingress cuts a request into pieces of at most
+per model with ``--replicas`` replicas, each holding the model and scoring through the
+same batcher as the single-process server (:mod:`.batcher`: batches counted in texts, up
+to ``--max-batch-size``; a lone request is scored at once, and ``--batch-wait-ms`` is
+waited only while the model is busy). Ray Serve's own ``@serve.batch`` was not kept: it
+waits its timeout even for a lone request, and it closes a batch on that timer while the
+one before is still computing, so under load its batches stay small. Each answer also
+carries the batches its replica ran since its last answer, for the ingress's
+``/metrics``. The ingress cuts a request into pieces of at most
 ``--max-batch-size`` texts, refuses more than ``--max-queue`` texts in flight per model
 (503, as the single-process server does), and sends a piece again, to another replica,
 when the one computing it dies. The page is not served here: it is the single-process
@@ -17,14 +22,15 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SentimentError, ray_join_failure
 from ..predict import Scores
-from .app import ServeConfig
-from .batcher import Busy
+from .app import ServeConfig, batch_options
+from .batcher import Batcher, BatchObserver, BatchOptions, Busy
 
 APP = "sentiment"
 RAY_MISSING = "--engine ray needs Ray Serve, an optional extra: pip install -e \".[ray]\""
@@ -49,8 +55,8 @@ def _serve():
 class RemoteModel:
     """One model's replicas as the API sees them: ``scores(texts)``, as a local batcher offers."""
 
-    def __init__(self, handle, config: ServeConfig, classes: tuple[str, ...]):
-        self.handle, self.config, self.classes = handle, config, classes
+    def __init__(self, handle, config: ServeConfig, classes: tuple[str, ...], observe: BatchObserver | None = None):
+        self.handle, self.config, self.classes, self.observe = handle, config, classes, observe
         self.lock = threading.Lock()
         self.waiting = 0  # texts sent and not yet answered
 
@@ -63,14 +69,21 @@ class RemoteModel:
             self.waiting += len(texts)
         try:
             deadline = time.monotonic() + self.config.request_timeout_s
-            pieces = [texts[i:i + size] for i in range(0, len(texts), size)]
-            answers = [self._piece(piece, deadline) for piece in pieces] if pieces else [([], [])]
+            pieces = [self._scores(self._piece(texts[i:i + size], deadline)) for i in range(0, len(texts), size)]
         finally:
             with self.lock:
                 self.waiting -= len(texts)
-        rows = [p for a in answers for p in a[0]]
-        return Scores(np.array(rows, dtype=np.float64).reshape(len(rows), len(self.classes)),
-                      np.array([k for a in answers for k in a[1]], dtype=np.int64), self.classes)
+        return Scores.joined(pieces) if pieces else Scores(np.zeros((0, len(self.classes))),
+                                                          np.zeros(0, dtype=np.int64), self.classes)
+
+    def _scores(self, answer) -> Scores:
+        """A replica's answer as Scores; the batches it reports go to ``observe``."""
+        probabilities, known_words, batches = answer
+        if self.observe is not None:
+            for texts, waits in batches:
+                self.observe(texts, waits)
+        return Scores(np.array(probabilities, dtype=np.float64).reshape(len(known_words), len(self.classes)),
+                      np.array(known_words, dtype=np.int64), self.classes)
 
     def _piece(self, texts: list[str], deadline: float):
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -91,22 +104,12 @@ class RemoteModel:
                     raise
 
 
-def _score_pieces(classifier, pieces: list[list[str]]) -> list[tuple[list[float], list[int]]]:
-    """Pieces of several requests as one batch, each piece's scores apart again."""
-    texts = [t for piece in pieces for t in piece]
-    scores = classifier.scores(texts, batch_size=max(1, len(texts)))
-    out, at = [], 0
-    for piece in pieces:
-        out.append((scores.probabilities[at:at + len(piece)].tolist(),
-                    scores.known_words[at:at + len(piece)].tolist()))
-        at += len(piece)
-    return out
-
-
 def _model_deployment(serve):
     @serve.deployment(graceful_shutdown_timeout_s=GRACE_S)
     class Model:
-        def __init__(self, path: str, precision: str, max_batch_size: int, wait_s: float):
+        def __init__(self, path: str, precision: str, options: BatchOptions, ongoing: int):
+            from concurrent.futures import ThreadPoolExecutor
+
             import torch
 
             from ..bundle import load_bundle
@@ -114,17 +117,23 @@ def _model_deployment(serve):
             torch.set_num_threads(1)  # one core per replica, as each server computation (docs/serving.md)
             self.classifier = load_bundle(path, precision=precision)
             self.classifier.warm_up()
-            self.batch.set_max_batch_size(max_batch_size)
-            self.batch.set_batch_wait_timeout_s(wait_s)
+            self.lock = threading.Lock()
+            self.observed: list[tuple[int, list[float]]] = []  # batches not yet reported to the ingress
+            self.batcher = Batcher(self.classifier, options, observe=self._observe)
+            # A thread per request the replica takes at once, each waiting on the batcher.
+            self.pool = ThreadPoolExecutor(max_workers=ongoing, thread_name_prefix="request")
 
-        # Sizes in texts, not requests: a batch of pieces holds at most max_batch_size texts.
-        @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, batch_size_fn=lambda ps: sum(map(len, ps)))
-        async def batch(self, pieces: list[list[str]]):
-            # On a thread: the replica keeps taking requests (the next batch) meanwhile.
-            return await asyncio.to_thread(_score_pieces, self.classifier, pieces)
+        def _observe(self, texts: int, waits: list[float]) -> None:
+            with self.lock:
+                self.observed.append((texts, waits))
 
         async def __call__(self, texts: list[str]):
-            return await self.batch(texts)
+            loop = asyncio.get_running_loop()
+            scores = await loop.run_in_executor(self.pool, self.batcher.scores, texts)
+            with self.lock:
+                observed, self.observed = self.observed, []
+            # Plain lists: what crosses Ray between nodes.
+            return scores.probabilities.tolist(), scores.known_words.tolist(), observed
 
     return Model
 
@@ -134,9 +143,9 @@ def build_ingress_app(config: ServeConfig, paths: list[str], handles: list):
     from .server import _Metrics, build_api, guard, load_models
 
     classifiers = load_models(paths, "float32")  # for /api/v1/models; scoring is the replicas'
-    models = {name: RemoteModel(handle, config, classifiers[name].labels)
-              for name, handle in zip(classifiers, handles)}
     metrics = _Metrics(classifiers)
+    models = {name: RemoteModel(handle, config, classifiers[name].labels, metrics.batch_observer(name))
+              for name, handle in zip(classifiers, handles)}
     for name, model in models.items():
         metrics.queue_depth.labels(name).set_function(lambda m=model: m.waiting)
     api = build_api(classifiers, config, models, metrics,
@@ -161,10 +170,13 @@ def application(config: ServeConfig, paths: list[str]):
     ingress = serve.deployment(serve.ingress()(_Ingress), name="api", max_ongoing_requests=INGRESS_ONGOING,
                                ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=GRACE_S)
     # Each replica takes as many pieces at once as make up two batches: one computing, one gathering.
-    bound = [model.options(name=f"model-{i}", num_replicas=config.replicas,
-                           max_ongoing_requests=2 * config.max_batch_size,
-                           ray_actor_options={"num_cpus": 1}).bind(path, config.precision, config.max_batch_size,
-                                                                    config.batch_wait_ms / 1000)
+    # The ingress bounds what waits (--max-queue) and when a caller gives up (--request-timeout-s);
+    # a replica's own bounds only back those up.
+    ongoing = 2 * config.max_batch_size
+    options = replace(batch_options(config), max_queue=ongoing * config.max_batch_size,
+                      timeout_s=config.request_timeout_s + GRACE_S, workers=1)
+    bound = [model.options(name=f"model-{i}", num_replicas=config.replicas, max_ongoing_requests=ongoing,
+                           ray_actor_options={"num_cpus": 1}).bind(path, config.precision, options, ongoing)
              for i, path in enumerate(paths)]
     return ingress.bind(config, paths, *bound)
 

@@ -28,6 +28,7 @@ from .app import ServeConfig, build_app, make_batchers
 from .batcher import Busy
 from ..errors import SentimentError
 from .http_limits import Guard, server_config
+from .memory import limit_pools
 from ..predict import Classifier
 
 API = "/api/v1"
@@ -416,6 +417,7 @@ def launch(config: ServeConfig) -> None:
     # parallel regions waits to wake a sleeping thread, several times the work itself
     # (docs/serving.md). One thread per computation, --concurrency at once, instead.
     torch.set_num_threads(1)
+    limit_pools()
     classifiers = load_models(config.models, config.precision)
     for clf in classifiers.values():
         clf.warm_up()

@@ -15,8 +15,8 @@ if __name__ == "__main__":
     # Only where Python's default handler is in place: SIGINT ignored (a background job) stays so.
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted_while_starting)
-        # Importing the package and the training program loads torch, scikit-learn and more:
-        # seconds in which Ctrl-C is likely. From train() on, training says what Ctrl-C left.
+        # Importing the package and the training program loads torch and more: seconds in
+        # which Ctrl-C is likely. From train() on, training says what Ctrl-C left.
         import sentiment.train.training  # noqa: F401
         from sentiment.cli import train_main
 

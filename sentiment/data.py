@@ -218,8 +218,7 @@ def _generate(records_fn, **kwargs) -> Iterator[dict]:
 
 
 def _cached(records_fn, kwargs: dict, key: str, cache_dir: str | None, stanford: bool = False):
-    import datasets
-
+    datasets = _quiet_datasets()
     # Table labels are kept as written (text) until every row is read and their classes are known.
     label = {"label": datasets.Value("int64"), "rating": datasets.Value("int64")} if stanford else \
         {"label": datasets.Value("string")}
@@ -272,15 +271,16 @@ def _table_records(path: str, split: str, text_column: str, label_column: str,
 
 
 def _quiet_datasets():
+    """``datasets``, imported (a second or more: only once a source is known to need it) and quietened."""
     import datasets
 
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    return datasets
 
 
 def _from_hub(name: str, text_column: str, label_column: str, cache_dir: str | None):
-    import datasets
-
+    datasets = _quiet_datasets()
     try:
         loaded = datasets.load_dataset(name, cache_dir=cache_dir)
     except Exception as exc:  # offline, unknown id, or hub errors: all mean "use a local copy"
@@ -387,8 +387,6 @@ def load_source(src: str | Path = DEFAULT_DATASET, *, text_column: str = "text",
     The Stanford archive has two label columns: ``label`` (its neg/pos folders) and ``rating``
     (the stars in each file's name); the hub copy of IMDB has no ratings.
     """
-
-    _quiet_datasets()
     loaded = _raw_source(src, text_column, label_column, cache_dir, labels)
     if test_src is not None:
         extra = _raw_source(test_src, text_column, label_column, cache_dir, labels)

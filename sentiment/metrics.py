@@ -1,16 +1,26 @@
-"""Classification metrics (scikit-learn), calibration (ECE, NLL, Brier) and the table they are printed as."""
+"""Classification metrics (scikit-learn), calibration (ECE, NLL, Brier) and the table they are printed as.
+
+scikit-learn takes seconds to import, so it loads when metrics are first computed (or when
+:func:`load_scikit_learn` asks for it): a command that stops early, on a mistake in its
+input or at ``--help``, does not wait for it."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 
 from .calibration import calibration_metrics, predicted_classes
 from .data import LABELS
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "macro_f1", "roc_auc", "ece", "nll", "brier", "mae",
                 "within_one")
+
+
+def load_scikit_learn():
+    """scikit-learn's metrics module, imported on first use."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def numeric_classes(classes: Sequence[str]) -> np.ndarray | None:
@@ -30,6 +40,7 @@ def classification_metrics(labels, probabilities, classes: Sequence[str] | None 
     class's. Ordered classes (numbers, such as ratings) add ``mae`` (mean absolute error, in
     the labels' own units) and ``within_one`` (the share predicted at most one class away).
     """
+    skm = load_scikit_learn()
     labels = np.asarray(labels, dtype=int)
     p = np.asarray(probabilities, dtype=float)
     k = 2 if p.ndim == 1 else p.shape[1]

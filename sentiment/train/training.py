@@ -34,7 +34,7 @@ from ..errors import Interrupted, SentimentError
 from ..files import write_atomic, write_text_atomic
 from .loop import (CTRL_C, WeightAverage, adversarial_perturbation, cpu_copy, epoch_order,  # noqa: F401 (re-exported)
                    evaluate, parameter_groups, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
-from ..metrics import format_table
+from ..metrics import format_table, load_scikit_learn
 from ..models import SentimentRNN
 from ..predict import uncalibrated
 from .pretrain import LM_WEIGHTS, load_lm_into, pretrain, save_lm
@@ -207,6 +207,10 @@ def _train(config: TrainConfig, procs: Processes, kind: str, checkpoint: dict | 
         run.record["labels"] = list(names)
         encoder = _encoder(run, train_rows)
         data = _encode(run, encoder, train_rows, val_rows, names)
+        # scikit-learn (the metrics of every validation) loads here: after the checks of the
+        # data, so a mistake in it is reported without waiting for it, and before the run
+        # folder is written, so a Ctrl-C while it loads leaves nothing behind.
+        load_scikit_learn()
         if procs.main and checkpoint is None:
             run.folder.mkdir(parents=True, exist_ok=True)
             with writing(run.folder / TOKENIZER, run.folder):

@@ -8,7 +8,13 @@ Each model is `python train.py --finetune-from models/KIND --data DATA --label-c
 shipped model's embedding, encoder and tokenizer, a new head of 8 classes. The baseline (TF-IDF
 of words and bigrams, multinomial logistic regression) is fitted twice: on the very rows the
 models trained on (the same seeded subset, less the same validation rows), and on the whole
-train split; all are measured on the same seeded subset of the test split. The JSON
+train split; all are measured on the same seeded subset of the test split.
+
+Balanced decisions: each finished model is copied to RUNS/KIND-balanced and given class
+weights by `python -m sentiment calibrate --model RUNS/KIND-balanced --balanced` (chosen for
+macro-F1 on the run's own validation split; the same as `train.py --balanced` gives at the
+end of training), and the baseline is fitted again with class weights that balance the
+classes (scikit-learn's `class_weight="balanced"`), so both sides get the same help. The JSON
 (bench/results/ratings.json) holds accuracy, macro-F1, mean absolute error (in stars) and the
 share within one class of the truth, with the commands that made them. The fine-tunings run at once,
 one thread each, while the baselines are fitted; a finished run folder is reused.
@@ -63,11 +69,28 @@ def start(kind: str, args, runs: Path) -> subprocess.Popen | None:
     return subprocess.Popen(finetune_command(kind, args, runs), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def figures(kind: str, args, runs: Path) -> dict:
-    config = json.loads((runs / kind / "config.json").read_text())
+def figures(kind: str, args, runs: Path, folder: str | None = None) -> dict:
+    config = json.loads((runs / (folder or kind) / "config.json").read_text())
     return {"command": shlex.join(["python", *finetune_command(kind, args, runs)[1:]]), "labels": config["labels"],
             "wall_time_s": config["trained"]["wall_time_s"], "best_epoch": config["trained"]["best_epoch"],
             "test": summary(config["metrics"]["test"]), "validation": summary(config["metrics"]["validation"])}
+
+
+def balanced(kind: str, args, runs: Path) -> dict:
+    """The finished model with class weights for balanced decisions, in a copy of its folder."""
+    import shutil
+
+    folder = runs / f"{kind}-balanced"
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(runs / kind, folder, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    command = [sys.executable, "-m", "sentiment", "calibrate", "--model", shown(folder), "--balanced",
+               "--data", shown(args.data)]
+    subprocess.run(command, cwd=ROOT, check=True)
+    result = figures(kind, args, runs, folder.name)
+    result["command"] += " && " + shlex.join(["python", *command[1:]])
+    result["balance"] = json.loads((folder / "config.json").read_text())["calibration"]["balance"]
+    return result
 
 
 def baselines(args) -> dict:
@@ -83,10 +106,11 @@ def baselines(args) -> dict:
     same_rows, _ = split_validation(subset, 0.1, args.seed)
     test = splits["test"].shuffle(seed=args.seed).select(range(args.test_subset))
     out = {}
-    for name, rows in (("tfidf+logreg, the models' training rows", same_rows),
-                       ("tfidf+logreg, the whole train split", splits["train"])):
+    for name, rows, weigh in (("tfidf+logreg, the models' training rows", same_rows, False),
+                              ("tfidf+logreg balanced, the models' training rows", same_rows, True),
+                              ("tfidf+logreg, the whole train split", splits["train"], False)):
         started = time.time()
-        model = LinearBaseline(names).fit(rows["text"], rows["label"])
+        model = LinearBaseline(names, balanced=weigh).fit(rows["text"], rows["label"])
         metrics = classification_metrics(test["label"], model.predict_proba(test["text"]), names)
         out[name] = {"train_rows": len(rows), "test": summary(metrics), "seconds": round(time.time() - started, 1)}
         print(f"{name}: {out[name]}", flush=True)
@@ -120,6 +144,8 @@ def main() -> None:
             raise SystemExit(f"{kind}: train.py failed; its output is in {runs / kind}.log")
         result["models"][kind] = figures(kind, args, runs)
         print(f"{kind}: {result['models'][kind]['test']}", flush=True)
+        result["models"][f"{kind}, balanced"] = balanced(kind, args, runs)
+        print(f"{kind}, balanced: {result['models'][f'{kind}, balanced']['test']}", flush=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")
 

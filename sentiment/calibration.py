@@ -15,6 +15,16 @@ records ``log_t`` and ``slope`` in ``config.json`` under ``calibration`` (method
 ``length_temperature``; bundles with one ``temperature`` still load), and every
 probability the package gives uses it.
 
+Balanced decisions (``train.py --balanced``, ``sentiment calibrate --balanced``): when some
+classes are rare (star ratings: 1 and 10 stars are common, 2 and 3 are not), the likeliest
+class is seldom a rare one, and macro-F1 (every class counting the same) suffers. Each
+class's probability is then weighed by its share of the training rows to the power
+``-strength`` and the row normalised again (logit adjustment, Menon et al., ICLR 2021):
+the probabilities the model would give if the classes were closer to equally common.
+``strength`` (0 to 1.5) is chosen for macro-F1 on the validation split; the record
+(``calibration.balance``: the strength, the shares, the weights) sits beside the
+temperature, and every probability the package gives uses both.
+
 ECE (expected calibration error): the reviews are put in 15 equal-width bins of the
 predicted class's probability; ECE is the average over bins, weighted by their share of
 reviews, of |accuracy - mean confidence| in the bin.
@@ -57,10 +67,16 @@ class Calibration:
 
     log_t: float = 0.0
     slope: float = 0.0
+    # Balanced decisions: one weight per class (None: the probabilities as the temperature leaves them).
+    weights: tuple[float, ...] | None = None
 
     def temperatures(self, lengths) -> np.ndarray:
         n = np.maximum(np.asarray(lengths, dtype=np.float64), 1.0)
         return np.exp(self.log_t + self.slope * np.log(n))
+
+    def reweigh(self, p: np.ndarray) -> np.ndarray:
+        """[n, K] probabilities with the class weights applied (unchanged without weights)."""
+        return p if self.weights is None else weighed(p, np.asarray(self.weights))
 
     def check(self, max_len: int) -> "Calibration":
         """This calibration, refused unless T is within ``TEMPERATURE_RANGE`` at every length
@@ -89,6 +105,18 @@ class Calibration:
             return cls()
         if not isinstance(recorded, dict):
             raise SentimentError(f"must be an object with a 'method' (got {recorded!r})")
+        temperature = cls._read_temperature(recorded)
+        if recorded.get("balance") is None:
+            return temperature
+        weights = recorded["balance"].get("weights") if isinstance(recorded["balance"], dict) else None
+        if not (isinstance(weights, list) and len(weights) >= 2
+                and all(_is_number(w) and 1e-6 <= w <= 1e6 for w in weights)):
+            raise SentimentError(f"balance: weights must be a list of 2 or more numbers within [1e-06, 1e+06] "
+                                 f"(got {weights!r})")
+        return cls(temperature.log_t, temperature.slope, tuple(float(w) for w in weights))
+
+    @classmethod
+    def _read_temperature(cls, recorded: dict) -> "Calibration":
         method = recorded.get("method")
         if method == "none":
             return cls()
@@ -277,6 +305,52 @@ def rescale(p_positive, temperature) -> np.ndarray:
     return np.exp(_log_softmax(np.log(_clipped(p)) / t))
 
 
+def weighed(p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each row of [n, K] probabilities times the class weights, normalised again. With two
+    classes, column 0 stays 1 - column 1, as everywhere."""
+    q = np.asarray(p, dtype=np.float64) * weights
+    q /= q.sum(axis=1, keepdims=True)
+    if q.shape[1] == 2:
+        q[:, 0] = 1.0 - q[:, 1]
+    return q
+
+
+def class_shares(labels, k: int) -> np.ndarray:
+    """Each of ``k`` classes' share of ``labels`` (class ids)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return np.bincount(labels, minlength=k)[:k] / max(len(labels), 1)
+
+
+# The strengths a balance may take, the smallest first: ties go to the least change.
+BALANCE_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def fit_balance(labels, p, shares) -> dict:
+    """Choose how strongly rare classes are favoured: the strength (of ``BALANCE_STRENGTHS``)
+    whose weights ``shares ** -strength`` give the best macro-F1 on held-out ``labels`` and
+    their (calibrated) probabilities ``p`` [n, K]; the ``balance`` record of ``calibration``."""
+    from sklearn.metrics import f1_score
+
+    labels, p = np.asarray(labels), np.asarray(p, dtype=np.float64)
+    shares = np.maximum(np.asarray(shares, dtype=np.float64), 1e-6)
+    ids = list(range(p.shape[1]))
+
+    def macro_f1(weights: np.ndarray) -> float:
+        return float(f1_score(labels, predicted_classes(weighed(p, weights)), labels=ids, average="macro",
+                              zero_division=0))
+
+    def weights_of(strength: float) -> np.ndarray:
+        w = shares ** -strength
+        return np.clip(w / w.mean(), 1e-6, 1e6)
+
+    scores = [macro_f1(weights_of(a)) for a in BALANCE_STRENGTHS]
+    best = int(np.argmax(scores))
+    return {"strength": BALANCE_STRENGTHS[best], "class_shares": [round(float(x), 6) for x in shares],
+            "weights": [round(float(w), 6) for w in weights_of(BALANCE_STRENGTHS[best])],
+            "chosen_on": f"macro-F1 of {len(labels)} validation reviews",
+            "validation_macro_f1_before": round(scores[0], 4), "validation_macro_f1_after": round(scores[best], 4)}
+
+
 def _rounded(metrics: dict) -> dict:
     return {k: round(v, 4) for k, v in metrics.items()}
 
@@ -330,3 +404,13 @@ def describe(record: dict) -> str:
                 f"reviews (ECE {record.get('ece_before')} -> {record.get('ece_after')})")
     reason = f" ({record['reason']})" if isinstance(record, dict) and record.get("reason") else ""
     return f"none fitted{reason}"
+
+
+def describe_balance(record: dict) -> str | None:
+    """One sentence on a ``calibration`` record's balance, for people; None without one."""
+    balance = record.get("balance") if isinstance(record, dict) else None
+    if not isinstance(balance, dict):
+        return None
+    return (f"balanced decisions: each class's probability weighed by its share of the training rows to the power "
+            f"-{balance.get('strength')} ({balance.get('chosen_on')}: macro-F1 {balance.get('validation_macro_f1_before')} "
+            f"-> {balance.get('validation_macro_f1_after')})")

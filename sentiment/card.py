@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .calibration import describe
+from .calibration import describe, describe_balance
 from .files import write_text_atomic
 
 CARD = "README.md"
@@ -72,6 +72,8 @@ def _figures(config: dict) -> list[str]:
         rows.append(f"Calibration: {describe(calibration)}. Every probability the bundle gives is calibrated.")
     else:
         rows.append(f"Calibration: {describe(calibration)}; the probabilities are the network's softmax as trained.")
+    if describe_balance(calibration):
+        rows.append(f"Also {describe_balance(calibration)}; the probabilities and figures above include them.")
     if "short_text" not in metrics:
         rows += ["", "Short text (one-sentence reviews): not measured for this bundle."]
     return rows

@@ -104,13 +104,16 @@ def _calibrate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, metavar="DIR", help="datasets cache folder")
     parser.add_argument("--allow-other-data", action="store_true",
                         help="calibrate on data whose fingerprint is not the one the bundle was trained on")
+    parser.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
+                        help="also weigh the classes for balanced decisions, as train.py --balanced does "
+                             "(default: keep them if the bundle has them; --no-balanced drops them)")
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     from .train.calibrate import calibrate_bundle
 
     for model in args.models:
-        calibrate_bundle(model, args.data, args.cache_dir, args.allow_other_data)
+        calibrate_bundle(model, args.data, args.cache_dir, args.allow_other_data, args.balanced)
     return 0
 
 

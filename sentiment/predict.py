@@ -239,6 +239,9 @@ class Classifier:
         self.classes_ = np.array(self.labels)
         # Post-hoc calibration (a temperature by length), when fitted: every probability uses it.
         self.calibration = Calibration.of(config.get("calibration"), encoder.max_len)
+        if self.calibration.weights is not None and len(self.calibration.weights) != len(self.labels):
+            raise SentimentError(f"calibration: {len(self.calibration.weights)} class weights for a model with "
+                                 f"{len(self.labels)} classes")
 
     def __repr__(self) -> str:
         return f"Classifier(kind={self.config['model']['kind']!r}, path={self.path!r})"
@@ -258,8 +261,8 @@ class Classifier:
         encoded = self.encoder.encode(self._as_list(texts))
         known = ((encoded.ids != UNK_ID) & (encoded.ids != PAD_ID)).sum(axis=1)
         temperatures = self.calibration.temperatures(encoded.lengths)
-        return Scores(class_probabilities(self.model, encoded, batch_size, self.device, temperatures), known,
-                      self.labels)
+        probabilities = class_probabilities(self.model, encoded, batch_size, self.device, temperatures)
+        return Scores(self.calibration.reweigh(probabilities), known, self.labels)
 
     def __call__(self, texts: Sequence[str] | str, batch_size: int = 256, top_k: int | None = 1) -> list:
         """One result per review, shaped as a ``transformers`` text-classification pipeline's.
@@ -308,8 +311,8 @@ class Classifier:
         # Every row at the temperature of the review as read: a word's contribution is then the
         # network's, not a change of temperature that one word less would bring.
         temperatures = self.calibration.temperatures(np.full(n + 1, lengths[0]))
-        probabilities = class_probabilities(self.model, Encoded(rows, lengths, lengths.copy()), batch_size,
-                                            self.device, temperatures)
+        probabilities = self.calibration.reweigh(class_probabilities(
+            self.model, Encoded(rows, lengths, lengths.copy()), batch_size, self.device, temperatures))
         column = 1 if is_negative_positive(self.labels) else int(predicted_classes(probabilities[:1])[0])
         p = probabilities[:, column]
         e.towards, e.probability = self.labels[column], float(p[0])

@@ -195,3 +195,84 @@ def test_ratings_get_mean_absolute_error_and_within_one():
     assert metrics["within_one"] == 0.75  # 7 -> 10 is three classes away
     assert np.array(metrics["confusion_matrix"]).shape == (8, 8)
     assert set(metrics["per_class"]) == set(classes)
+
+
+def test_balance_favours_rare_classes_where_that_raises_macro_f1():
+    from sentiment.calibration import Calibration, fit_balance, weighed
+
+    rng = np.random.default_rng(0)
+    # A model that leans to the common class: each row's own class gets a bonus, class 0 a bigger one.
+    labels = rng.choice(3, size=600, p=[0.7, 0.2, 0.1])
+    logits = rng.normal(size=(600, 3)) + 1.5 * np.eye(3)[labels] + np.array([1.2, 0.0, 0.0])
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    record = fit_balance(labels, p, [0.7, 0.2, 0.1])
+    assert record["strength"] > 0 and record["validation_macro_f1_after"] > record["validation_macro_f1_before"]
+    weights = np.array(record["weights"])
+    assert weights[0] < weights[1] < weights[2]  # the rarer, the heavier
+    np.testing.assert_allclose(weights / weights.mean(), (np.array([0.7, 0.2, 0.1]) ** -record["strength"])
+                               / (np.array([0.7, 0.2, 0.1]) ** -record["strength"]).mean(), rtol=1e-5)
+    balanced = Calibration.of({"method": "none", "balance": record})
+    q = balanced.reweigh(p)
+    np.testing.assert_allclose(q.sum(axis=1), 1.0)
+    np.testing.assert_allclose(q, weighed(p, weights))
+    # Classes as common as each other: no weight moves anything.
+    even = fit_balance(labels, p, [1 / 3] * 3)
+    assert even["weights"] == [1.0, 1.0, 1.0]
+
+
+def test_a_balanced_model_gives_its_weighed_probabilities_everywhere(tmp_path):
+    from sentiment.bundle import read_config, rewrite_config
+    from sentiment.calibration import weighed
+    from sentiment.train.calibrate import calibrate_bundle
+
+    # Few neutral rows, fewer positive ones.
+    rows = [r for i, r in enumerate(three_class_rows(360, 4))
+            if r["label"] == "negative" or i % 6 == 1 or i % 9 == 2]  # 120, 60, 40 rows
+    train, test = write_table(tmp_path / "train.csv", rows), write_table(tmp_path / "test.csv", three_class_rows(30, 5))
+    out = tmp_path / "model"
+    result = run_cli("train.py", "--data", train, "--test-data", test, "--model", "lstm", "--out", out, "--balanced",
+                     "--epochs", "3", "--embedding-dim", "16", "--hidden-size", "16", "--max-len", "32",
+                     "--batch-size", "8", "--vocab-size", "100", "--lr", "0.01", "--validation-fraction", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert "balanced decisions: each class's probability weighed by its share" in result.stdout
+    balance = read_config(out)["calibration"]["balance"]
+    shares = np.array(balance["class_shares"])
+    assert shares[0] > shares[1] > shares[2] and shares.sum() == pytest.approx(1.0, abs=1e-5)
+    assert balance["validation_macro_f1_after"] >= balance["validation_macro_f1_before"]
+    assert "balanced decisions" in (out / "README.md").read_text()
+
+    # calibrate drops the weights with --no-balanced and chooses the same again with --balanced.
+    calibrate_bundle(str(out), balanced=False)
+    assert "balance" not in read_config(out)["calibration"]
+    calibrate_bundle(str(out), balanced=True)
+    assert read_config(out)["calibration"]["balance"] == balance
+
+    # Weights the bundle records are what every probability it gives uses (here a known skew).
+    config = read_config(out)
+    config["calibration"]["balance"]["weights"] = [1.0, 6.0, 0.5]
+    rewrite_config(out, config)
+    clf = load_bundle(out, precision="float32")
+    texts = [r["text"] for r in three_class_rows(30, 5)]
+    expected = weighed(_without_weights(out, texts), np.array([1.0, 6.0, 0.5]))
+    scored = tmp_path / "scored.csv"
+    result = run_cli("-m", "sentiment", "score", test, "--model", out, "--precision", "float32", "--out", scored)
+    assert result.returncode == 0, result.stderr
+    with open(scored, newline="") as fh:
+        got = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in csv.DictReader(fh)])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(texts), expected, atol=1e-9)
+    assert (got.argmax(axis=1) == 1).mean() > (_without_weights(out, texts).argmax(axis=1) == 1).mean()
+
+    config["calibration"]["balance"]["weights"] = [1.0, 6.0]
+    rewrite_config(out, config)
+    with pytest.raises(Exception, match="bad 'calibration' section \\(balance: 2 class weights for a model with 3"):
+        load_bundle(out)
+
+
+def _without_weights(bundle, texts) -> np.ndarray:
+    """The bundle's probabilities with its temperature and without its class weights."""
+    from sentiment.calibration import Calibration
+
+    clf = load_bundle(bundle, precision="float32")
+    clf.calibration = Calibration(clf.calibration.log_t, clf.calibration.slope)
+    return clf.predict_proba(texts)

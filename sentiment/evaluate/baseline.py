@@ -17,7 +17,7 @@ from ..text import words
 class LinearBaseline:
     """``fit`` on training reviews, then ``predict_proba`` like a :class:`Classifier`."""
 
-    def __init__(self, classes: Sequence[str] = LABELS, C: float = 4.0, seed: int = 0):
+    def __init__(self, classes: Sequence[str] = LABELS, C: float = 4.0, seed: int = 0, balanced: bool = False):
         # The classes by id, as a Classifier has them; logistic regression is multinomial for more than two.
         self.classes_ = np.array(classes)
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -26,7 +26,7 @@ class LinearBaseline:
 
         self.pipeline = make_pipeline(
             TfidfVectorizer(analyzer=words_and_bigrams, min_df=2, sublinear_tf=True),
-            LogisticRegression(C=C, max_iter=2000, random_state=seed))
+            LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight="balanced" if balanced else None))
 
     def fit(self, texts: Sequence[str], labels: Sequence[int]) -> "LinearBaseline":
         self.pipeline.fit(list(texts), np.asarray(labels))

@@ -11,11 +11,14 @@ from ..metrics import classification_metrics
 
 
 def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | None = None,
-                     allow_other_data: bool = False) -> dict:
+                     allow_other_data: bool = False, balanced: bool | None = None) -> dict:
     """``sentiment calibrate``: fit a bundle's temperature by length on the validation split it was
     trained with (rebuilt from its config: data, seed, validation fraction) and excerpts of it, record it and the
     calibrated metrics in its ``config.json``, and refresh its model card. Weights and
     tokenizer are untouched, so their hashes still hold.
+
+    ``balanced``: also choose class weights for balanced decisions (``calibration.balance``);
+    None keeps them when the bundle had them, False drops them.
 
     The data must have the fingerprint the bundle recorded at training, unless ``allow_other_data``:
     other data would replace its calibration and validation metrics with figures of that data."""
@@ -37,12 +40,18 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
         training["cache_dir"] = cache_dir
     training["out"] = None
     train_config = TrainConfig(**training)
-    _, validation, test, _ = prepare_data(train_config, Processes())
+    train, validation, test, _ = prepare_data(train_config, Processes())
     clf = load_bundle(model_dir, precision="float32")
     val_labels = np.asarray(validation["label"])
     # Fitted on the network's own logits (temperature 1), whatever the bundle recorded before.
     fitted = calibration.fit(validation["text"], val_labels, uncalibrated(clf.model, clf.encoder), train_config.seed)
     clf.calibration = calibration.Calibration.of(fitted)
+    if balanced or (balanced is None and isinstance(config.get("calibration"), dict)
+                    and config["calibration"].get("balance") is not None):
+        # Chosen on the calibrated probabilities, as the bundle will give them.
+        fitted["balance"] = calibration.fit_balance(val_labels, clf.predict_proba(validation["text"]),
+                                                    calibration.class_shares(train["label"], len(clf.labels)))
+        clf.calibration = calibration.Calibration.of(fitted)
     metrics = dict(config.get("metrics") or {})
     metrics["validation"] = classification_metrics(val_labels, clf.predict_proba(validation["text"]), clf.labels)
     if test is not None and "test" in metrics:
@@ -56,6 +65,8 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
         print(f"{model_dir}: no temperature fitted: {fitted['reason']}")
     else:
         print(f"{model_dir}: {calibration.describe(fitted)}")
+    if "balance" in fitted:
+        print(f"{model_dir}: {calibration.describe_balance(fitted)}")
     return fitted
 
 

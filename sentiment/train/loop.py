@@ -19,10 +19,11 @@ from ..text import PAD_ID
 
 
 def evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device,
-             temperature: float | np.ndarray = 1.0, classes=None) -> dict:
-    """Metrics of the model on encoded reviews; their ``nll`` is the validation loss."""
-    return classification_metrics(labels, class_probabilities(model, encoded, batch_size, device, temperature),
-                                  classes)
+             temperature: float | np.ndarray = 1.0, classes=None, reweigh=None) -> dict:
+    """Metrics of the model on encoded reviews; their ``nll`` is the validation loss.
+    ``reweigh``: the calibration's class weights, applied to the probabilities (None: none)."""
+    probabilities = class_probabilities(model, encoded, batch_size, device, temperature)
+    return classification_metrics(labels, probabilities if reweigh is None else reweigh(probabilities), classes)
 
 
 def evaluate_state(model, state, encoded, labels, device, classes=None) -> dict:

@@ -115,6 +115,10 @@ class TrainConfig:
         metavar="LR"))
     init_from: str | None = field(default=None, metadata=_opt(
         "start from the language model (and tokenizer) of an earlier --pretrain lm run folder", metavar="RUN_DIR"))
+    balanced: bool = field(default=False, metadata=_opt(
+        "decide as if every class were equally common, for labels some of which are rare (ratings): each "
+        "class's probability is weighed by its share of the training rows to a power chosen on the "
+        "validation split for macro-F1 (recorded with the calibration; raises macro-F1, may cost accuracy)"))
     validation_fraction: float = field(default=0.1, metadata=_opt(
         "share of train held out for validation (test is never used for choices)", metavar="F"))
     train_subset: int | None = field(default=None, metadata=_opt(

@@ -36,7 +36,7 @@ from .loop import (CTRL_C, WeightAverage, adversarial_perturbation, cpu_copy, ep
                    evaluate, parameter_groups, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
 from ..metrics import format_table, load_scikit_learn
 from ..models import SentimentRNN
-from ..predict import uncalibrated
+from ..predict import class_probabilities, uncalibrated
 from .pretrain import LM_WEIGHTS, load_lm_into, pretrain, save_lm
 from .classes import bundle_labels, check_classes, class_counts, load_splits, start_from_bundle
 from .recipes import TrainConfig, resumed_config
@@ -449,13 +449,20 @@ def _finish(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data, pro
     calibrated = calibration.fit(val_rows["text"], data.val_labels, uncalibrated(model, encoder, run.device),
                                  config.seed)
     fitted = calibration.Calibration.of(calibrated)
+    if config.balanced:
+        # The class weights are chosen on the calibrated probabilities, as the bundle will give them.
+        p_val = class_probabilities(model, data.val, 256, run.device, fitted.temperatures(data.val.lengths))
+        calibrated["balance"] = calibration.fit_balance(
+            data.val_labels, p_val, calibration.class_shares(data.train_labels, len(data.classes)))
+        fitted = calibration.Calibration.of(calibrated)
+        run.say(calibration.describe_balance(calibrated))
     metrics = {"validation": evaluate(model, data.val, data.val_labels, 256, run.device,
-                                      fitted.temperatures(data.val.lengths), data.classes)}
+                                      fitted.temperatures(data.val.lengths), data.classes, fitted.reweigh)}
     if test_rows is not None:
         test_labels = np.asarray(test_rows["label"], dtype=np.int64)
         test = encoder.encode(test_rows["text"])
         metrics["test"] = evaluate(model, test, test_labels, 256, run.device, fitted.temperatures(test.lengths),
-                                   data.classes)
+                                   data.classes, fitted.reweigh)
     _save_best(run, model, encoder, progress, {"metrics": metrics, "calibration": calibrated}, finished=True)
     print(format_table({config.model: metrics.get("test", metrics["validation"])}, classes=data.classes,
                        title=f"{'test' if 'test' in metrics else 'validation'} metrics of the best epoch "

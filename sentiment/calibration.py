@@ -412,5 +412,5 @@ def describe_balance(record: dict) -> str | None:
     if not isinstance(balance, dict):
         return None
     return (f"balanced decisions: each class's probability weighed by its share of the training rows to the power "
-            f"-{balance.get('strength')} ({balance.get('chosen_on')}: macro-F1 {balance.get('validation_macro_f1_before')} "
+            f"-{balance.get('strength')} ({balance.get('chosen_on')}: {balance.get('validation_macro_f1_before')} "
             f"-> {balance.get('validation_macro_f1_after')})")

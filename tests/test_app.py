@@ -224,3 +224,17 @@ def test_serve_says_when_its_port_is_taken(tiny_model):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); " \
                                     "pass another --port"
+
+
+def test_the_page_does_not_summarise_every_event(tiny_model):
+    # Gradio's queue would rebuild a pandas summary of up to 10,000 recorded events after
+    # each event (its monitoring page): more CPU than the model on a busy page.
+    from sentiment.serve.app import ANALYTICS_EVENTS, build_app
+
+    queue = build_app({"tiny": load_bundle(tiny_model)})._queue
+    assert queue.ANALYTICS_MAX_EVENTS == ANALYTICS_EVENTS
+    record = {"time": 0.0, "status": "success", "process_time": 0.01, "function": "predict", "session_hash": "s"}
+    queue.events_recorded = ANALYTICS_EVENTS - 1  # not yet: the cached (empty) summary comes back
+    assert queue.compute_analytics_summary([record]) == {"functions": {}}
+    queue.events_recorded = ANALYTICS_EVENTS  # now it is made, once
+    assert "predict" in queue.compute_analytics_summary([record])["functions"]

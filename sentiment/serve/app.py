@@ -10,6 +10,12 @@ import os
 # Before gradio is imported: no telemetry or version checks, so the page works offline.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Gradio's queue summarises every event it has recorded (up to 10,000, in a pandas table)
+# after each event, for its monitoring page: on a busy page that cost more CPU than the
+# model and kept ~100 MB. Once per ANALYTICS_EVENTS events, over the last ANALYTICS_EVENTS.
+ANALYTICS_EVENTS = 1000
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVENTS))
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", str(ANALYTICS_EVENTS))
 
 import atexit  # noqa: E402
 import csv  # noqa: E402

@@ -287,10 +287,7 @@ def load_bundle(path: str | Path, device: str = "cpu", precision: str = "float32
         raise SentimentError(f"{path / CONFIG}: bad 'model' section ({exc})") from None
     encoder = _text_encoder(path, config)
     try:
-        weights = Calibration.of(config.get("calibration"), encoder.max_len).weights
-        if weights is not None and len(weights) != model_config.num_classes:
-            raise SentimentError(f"balance: {len(weights)} class weights for a model with "
-                                 f"{model_config.num_classes} classes")
+        Calibration.of(config.get("calibration"), encoder.max_len, model_config.num_classes)
     except SentimentError as exc:
         raise SentimentError(f"{path / CONFIG}: bad 'calibration' section ({exc}); without that section the "
                              "bundle gives its network's own probabilities, and `python -m sentiment calibrate "

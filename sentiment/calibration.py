@@ -92,12 +92,17 @@ class Calibration:
         return self
 
     @classmethod
-    def of(cls, recorded, max_len: int = 1) -> "Calibration":
+    def of(cls, recorded, max_len: int = 1, num_classes: int | None = None) -> "Calibration":
         """The calibration a bundle's ``config.json`` ``calibration`` section records: none, or
         method ``none`` (too little validation data to fit one), is T = 1. A section that is
-        there but unreadable, or whose T leaves ``TEMPERATURE_RANGE`` at a length up to
-        ``max_len``, raises SentimentError, rather than giving other probabilities without a word."""
-        return cls._read(recorded).check(max_len)
+        there but unreadable, whose T leaves ``TEMPERATURE_RANGE`` at a length up to
+        ``max_len``, or whose class weights are not one per class of ``num_classes``, raises
+        SentimentError, rather than giving other probabilities without a word."""
+        calibration = cls._read(recorded).check(max_len)
+        if num_classes is not None and calibration.weights is not None and len(calibration.weights) != num_classes:
+            raise SentimentError(f"balance: {len(calibration.weights)} class weights for a model with "
+                                 f"{num_classes} classes")
+        return calibration
 
     @classmethod
     def _read(cls, recorded) -> "Calibration":

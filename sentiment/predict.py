@@ -238,10 +238,7 @@ class Classifier:
                                  f"{model.config.num_classes} outputs")
         self.classes_ = np.array(self.labels)
         # Post-hoc calibration (a temperature by length), when fitted: every probability uses it.
-        self.calibration = Calibration.of(config.get("calibration"), encoder.max_len)
-        if self.calibration.weights is not None and len(self.calibration.weights) != len(self.labels):
-            raise SentimentError(f"calibration: {len(self.calibration.weights)} class weights for a model with "
-                                 f"{len(self.labels)} classes")
+        self.calibration = Calibration.of(config.get("calibration"), encoder.max_len, len(self.labels))
 
     def __repr__(self) -> str:
         return f"Classifier(kind={self.config['model']['kind']!r}, path={self.path!r})"

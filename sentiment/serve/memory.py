@@ -23,20 +23,20 @@ MIN_INTERVAL_S = 1.0
 
 _lock = threading.Lock()
 _last = 0.0
-_trim = None
+_libc_loaded = None
 
 
-def _malloc_trim():
-    global _trim
-    if _trim is None:
-        _trim = False
+def _glibc():
+    """The C library when it is glibc (it has ``malloc_trim``), else False (macOS, musl)."""
+    global _libc_loaded
+    if _libc_loaded is None:
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _trim = libc.malloc_trim
-            _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int
-        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-            _trim = False
-    return _trim
+            libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+            _libc_loaded = libc
+        except (OSError, AttributeError):
+            _libc_loaded = False
+    return _libc_loaded
 
 
 # mallopt's parameter for the most pools (arenas) glibc keeps.
@@ -47,19 +47,19 @@ SERVER_POOLS = 2
 def limit_pools(pools: int = SERVER_POOLS) -> bool:
     """Let glibc keep at most ``pools`` allocation pools, unless MALLOC_ARENA_MAX says otherwise;
     call it before threads start. False where nothing was set."""
-    if "MALLOC_ARENA_MAX" in os.environ or not _malloc_trim():
+    libc = _glibc()
+    if "MALLOC_ARENA_MAX" in os.environ or not libc:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return bool(libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(pools)))
 
 
 def release_free_memory() -> bool:
     """Return freed memory to the system now; False where the allocator offers no way to."""
     global _last
-    trim = _malloc_trim()
-    if not trim:
+    libc = _glibc()
+    if not libc:
         return False
-    trim(0)
+    libc.malloc_trim(0)
     _last = time.monotonic()
     return True
 
@@ -79,7 +79,7 @@ def _release_when_wanted() -> None:
 def release_soon() -> None:
     """Ask for :func:`release_free_memory` on a thread of its own (nobody waits for it), at most once a second."""
     global _thread
-    if not _malloc_trim():
+    if not _glibc():
         return
     with _lock:
         if _thread is None:

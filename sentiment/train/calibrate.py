@@ -46,14 +46,16 @@ def calibrate_bundle(model_dir: str, data: str | None = None, cache_dir: str | N
     # Fitted on the network's own logits (temperature 1), whatever the bundle recorded before.
     fitted = calibration.fit(validation["text"], val_labels, uncalibrated(clf.model, clf.encoder), train_config.seed)
     clf.calibration = calibration.Calibration.of(fitted)
+    p_val = clf.predict_proba(validation["text"])
     if balanced or (balanced is None and isinstance(config.get("calibration"), dict)
                     and config["calibration"].get("balance") is not None):
         # Chosen on the calibrated probabilities, as the bundle will give them.
-        fitted["balance"] = calibration.fit_balance(val_labels, clf.predict_proba(validation["text"]),
+        fitted["balance"] = calibration.fit_balance(val_labels, p_val,
                                                     calibration.class_shares(train["label"], len(clf.labels)))
         clf.calibration = calibration.Calibration.of(fitted)
+        p_val = clf.calibration.reweigh(p_val)
     metrics = dict(config.get("metrics") or {})
-    metrics["validation"] = classification_metrics(val_labels, clf.predict_proba(validation["text"]), clf.labels)
+    metrics["validation"] = classification_metrics(val_labels, p_val, clf.labels)
     if test is not None and "test" in metrics:
         metrics["test"] = classification_metrics(np.asarray(test["label"]), clf.predict_proba(test["text"]),
                                                  clf.labels)

@@ -13,17 +13,19 @@ import torch
 from torch import nn
 
 from .distributed import Processes, restore_rng, wrap
+from ..calibration import Calibration
 from ..metrics import classification_metrics
 from ..predict import class_probabilities, resolve_precision
 from ..text import PAD_ID
 
 
-def evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device,
-             temperature: float | np.ndarray = 1.0, classes=None, reweigh=None) -> dict:
-    """Metrics of the model on encoded reviews; their ``nll`` is the validation loss.
-    ``reweigh``: the calibration's class weights, applied to the probabilities (None: none)."""
-    probabilities = class_probabilities(model, encoded, batch_size, device, temperature)
-    return classification_metrics(labels, probabilities if reweigh is None else reweigh(probabilities), classes)
+def evaluate(model: nn.Module, encoded, labels: np.ndarray, batch_size: int, device, classes=None,
+             calibration: Calibration | None = None) -> dict:
+    """Metrics of the model on encoded reviews, with ``calibration`` when given (its temperature
+    by length and class weights; None: the network as trained); their ``nll`` is the validation loss."""
+    calibration = calibration or Calibration()
+    probabilities = class_probabilities(model, encoded, batch_size, device, calibration.temperatures(encoded.lengths))
+    return classification_metrics(labels, calibration.reweigh(probabilities), classes)
 
 
 def evaluate_state(model, state, encoded, labels, device, classes=None) -> dict:

@@ -34,7 +34,7 @@ from ..errors import Interrupted, SentimentError
 from ..files import write_atomic, write_text_atomic
 from .loop import (CTRL_C, WeightAverage, adversarial_perturbation, cpu_copy, epoch_order,  # noqa: F401 (re-exported)
                    evaluate, parameter_groups, evaluate_state, resume_stage, run_epoch, start_stage, state_copy, training_dtype)
-from ..metrics import format_table, load_scikit_learn
+from ..metrics import classification_metrics, format_table, load_scikit_learn
 from ..models import SentimentRNN
 from ..predict import class_probabilities, uncalibrated
 from .pretrain import LM_WEIGHTS, load_lm_into, pretrain, save_lm
@@ -449,20 +449,18 @@ def _finish(run: Run, model: SentimentRNN, encoder: TextEncoder, data: Data, pro
     calibrated = calibration.fit(val_rows["text"], data.val_labels, uncalibrated(model, encoder, run.device),
                                  config.seed)
     fitted = calibration.Calibration.of(calibrated)
+    p_val = class_probabilities(model, data.val, 256, run.device, fitted.temperatures(data.val.lengths))
     if config.balanced:
         # The class weights are chosen on the calibrated probabilities, as the bundle will give them.
-        p_val = class_probabilities(model, data.val, 256, run.device, fitted.temperatures(data.val.lengths))
         calibrated["balance"] = calibration.fit_balance(
             data.val_labels, p_val, calibration.class_shares(data.train_labels, len(data.classes)))
         fitted = calibration.Calibration.of(calibrated)
         run.say(calibration.describe_balance(calibrated))
-    metrics = {"validation": evaluate(model, data.val, data.val_labels, 256, run.device,
-                                      fitted.temperatures(data.val.lengths), data.classes, fitted.reweigh)}
+    metrics = {"validation": classification_metrics(data.val_labels, fitted.reweigh(p_val), data.classes)}
     if test_rows is not None:
         test_labels = np.asarray(test_rows["label"], dtype=np.int64)
-        test = encoder.encode(test_rows["text"])
-        metrics["test"] = evaluate(model, test, test_labels, 256, run.device, fitted.temperatures(test.lengths),
-                                   data.classes, fitted.reweigh)
+        metrics["test"] = evaluate(model, encoder.encode(test_rows["text"]), test_labels, 256, run.device,
+                                   data.classes, fitted)
     _save_best(run, model, encoder, progress, {"metrics": metrics, "calibration": calibrated}, finished=True)
     print(format_table({config.model: metrics.get("test", metrics["validation"])}, classes=data.classes,
                        title=f"{'test' if 'test' in metrics else 'validation'} metrics of the best epoch "
